@@ -1,0 +1,257 @@
+"""The shared model base: ``from_pretrained(path_or_repo_id, dtype=...)`` and ``save_pretrained(dir)``.
+
+Loading reads safetensors (one file, or an index plus shards) tensor by tensor into parameters that were created
+lazily (``paddle.LazyGuard``), so no random initialisation runs and no second copy of the model is ever held.
+Checkpoint keys are the original PyTorch ``state_dict()`` names; each model maps other layouts (transformers'
+``-hf`` names) onto them in ``_map_checkpoint_key``. Layout conversion happens once, here:
+
+* PyTorch ``nn.Linear`` weights are ``[out, in]``; Paddle's are ``[in, out]``: transposed on load and on save.
+* BatchNorm ``running_mean`` / ``running_var`` are Paddle's ``_mean`` / ``_variance``; ``num_batches_tracked`` is
+  accepted and dropped (it only matters for training with momentum=None).
+* A tensor whose shape differs from the parameter only by size-1 axes (a Linear ``[out, in]`` loaded into a 1x1
+  convolution ``[out, in, 1, 1]``) is reshaped.
+"""
+
+import json
+import logging
+import os
+
+import numpy as np
+import paddle
+from paddle import nn
+
+from .configuration_utils import CONFIG_NAME, PretrainedConfig, resolve_model_dir
+from .safetensors_io import CheckpointError, SafetensorsFile, bf16_to_f32, f32_to_bf16, save_file
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
+
+def on_gpu():
+    return paddle.is_compiled_with_cuda() and paddle.get_device().startswith("gpu")
+
+
+def resolve_dtype(dtype):
+    """The dtype the model computes in. bf16/fp16 need a GPU: on CPU they are upcast to float32, with a log line."""
+    if dtype is None:
+        return "float32"
+    name = str(dtype).replace("paddle.", "")
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of float32, bfloat16, float16")
+    name = _DTYPES[name]
+    if name != "float32" and not on_gpu():
+        logger.warning(
+            "dtype %s was asked for, but Paddle runs on CPU here, where only float32 kernels exist: "
+            "loading the weights as float32 instead.",
+            name,
+        )
+        return "float32"
+    return name
+
+
+def checkpoint_files(folder):
+    """The safetensors files of a checkpoint folder and, per file, the keys the index assigns to it (or None)."""
+    index = os.path.join(folder, WEIGHTS_INDEX_NAME)
+    single = os.path.join(folder, WEIGHTS_NAME)
+    if os.path.isfile(index):
+        try:
+            with open(index, "r", encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({type(e).__name__}: {e})") from None
+        files = {}
+        for key, fname in weight_map.items():
+            files.setdefault(os.path.join(folder, fname), []).append(key)
+        for path in files:
+            if not os.path.isfile(path):
+                raise CheckpointError(f"shard {os.path.basename(path)} named in {index} is missing")
+        return files
+    if os.path.isfile(single):
+        return {single: None}
+    present = sorted(os.listdir(folder))
+    pickles = [f for f in present if f.endswith((".bin", ".pt", ".pth", ".pdparams", ".ckpt"))]
+    hint = f" (found {pickles}: pickle checkpoints are not loaded; convert them to safetensors)" if pickles else ""
+    raise CheckpointError(f"no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {folder}{hint}")
+
+
+def _to_paddle_dtype_array(arr, st_dtype, target):
+    """A numpy array in the target dtype (bfloat16 targets get uint16 bits)."""
+    if target == "bfloat16":
+        if st_dtype == "BF16":
+            return arr
+        return f32_to_bf16(arr.astype(np.float32, copy=False))
+    if st_dtype == "BF16":
+        arr = bf16_to_f32(arr)
+    return arr.astype(target, copy=False)
+
+
+class PretrainedModel(nn.Layer):
+    config_class = PretrainedConfig
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    # ---------------------------------------------------------------- key layout
+    @classmethod
+    def _map_checkpoint_key(cls, key):
+        """Checkpoint key -> original key. Override to accept other layouts. None drops the key."""
+        return key
+
+    @staticmethod
+    def _original_to_paddle_name(key):
+        if key.endswith(".num_batches_tracked"):
+            return None
+        if key.endswith(".running_mean"):
+            return key[: -len("running_mean")] + "_mean"
+        if key.endswith(".running_var"):
+            return key[: -len("running_var")] + "_variance"
+        return key
+
+    @staticmethod
+    def _paddle_to_original_name(name):
+        if name.endswith("._mean"):
+            return name[: -len("_mean")] + "running_mean"
+        if name.endswith("._variance"):
+            return name[: -len("_variance")] + "running_var"
+        return name
+
+    def _linear_weight_names(self):
+        return {
+            f"{prefix}.weight" if prefix else "weight"
+            for prefix, layer in self.named_sublayers(include_self=True)
+            if isinstance(layer, nn.Linear)
+        }
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id, dtype=None, config=None, **config_overrides):
+        folder = resolve_model_dir(path_or_repo_id, None if config is not None else CONFIG_NAME)
+        if config is None:
+            config = cls.config_class.from_pretrained(folder, **config_overrides)
+        target = resolve_dtype(dtype)
+        files = checkpoint_files(folder)
+        old = paddle.get_default_dtype()
+        paddle.set_default_dtype(target)
+        try:
+            with paddle.LazyGuard():
+                model = cls(config)
+        finally:
+            paddle.set_default_dtype(old)
+        model._load_checkpoint(files, target)
+        model.eval()
+        logger.info("loaded %s from %s (%s)", cls.__name__, folder, target)
+        return model
+
+    def _load_checkpoint(self, files, target):
+        state = self.state_dict()
+        linear = self._linear_weight_names()
+        plan = []  # (file, key, name)
+        unexpected, mismatched, seen = [], [], {}
+        opened = {path: SafetensorsFile(path) for path in files}
+        try:
+            for path, keys in files.items():
+                st = opened[path]
+                file_keys = st.keys()
+                if keys is not None:
+                    missing_in_file = sorted(set(keys) - set(file_keys))
+                    if missing_in_file:
+                        raise CheckpointError(f"{path} lacks keys its index names: {missing_in_file[:10]}")
+                    file_keys = keys
+                for key in file_keys:
+                    orig = self._map_checkpoint_key(key)
+                    name = None if orig is None else self._original_to_paddle_name(orig)
+                    if name is None:
+                        continue
+                    fname = os.path.basename(path)
+                    if name not in state:
+                        unexpected.append(f"{key} ({fname})")
+                        continue
+                    if name in seen:
+                        raise CheckpointError(f"{key} ({fname}) and {seen[name]} both load into '{name}'")
+                    seen[name] = f"{key} ({fname})"
+                    shape = st.shape(key)
+                    want = list(state[name].shape)
+                    expect = want[::-1] if name in linear else want
+                    if shape != expect and [s for s in shape if s != 1] != [s for s in expect if s != 1]:
+                        mismatched.append(f"{key} ({fname}): checkpoint {shape}, model expects {expect}")
+                        continue
+                    plan.append((st, key, name, name in linear))
+            missing = sorted(set(state) - set(seen))
+            if missing or unexpected or mismatched:
+                parts = []
+                for title, items in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", mismatched)):
+                    if items:
+                        shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
+                        parts.append(f"  {len(items)} {title} keys:\n    {shown}")
+                raise CheckpointError(
+                    f"checkpoint does not match {type(self).__name__} "
+                    f"({', '.join(os.path.basename(p) for p in files)}):\n" + "\n".join(parts)
+                )
+            for st, key, name, is_linear in plan:
+                param = state[name]
+                arr = st.get(key)
+                if is_linear:
+                    arr = arr.T
+                arr = np.ascontiguousarray(arr.reshape(list(param.shape)))
+                src_dtype = st.dtype(key)
+                want = str(param.dtype).replace("paddle.", "")
+                if want in ("float32", "float16", "bfloat16", "float64"):
+                    arr = _to_paddle_dtype_array(arr, src_dtype, want)
+                    value = paddle.to_tensor(arr)
+                    if want == "bfloat16":
+                        value = value.view(paddle.bfloat16)
+                else:
+                    value = paddle.to_tensor(arr.astype(want))
+                param.set_value(value)
+                del value, arr
+        finally:
+            for st in opened.values():
+                st.close()
+
+    # ---------------------------------------------------------------- saving
+    def save_pretrained(self, save_dir, max_shard_size=5 * 1024**3):
+        """Write ``config.json`` and safetensors in the original PyTorch layout (sharded above max_shard_size)."""
+        os.makedirs(save_dir, exist_ok=True)
+        self.config.save_pretrained(save_dir)
+        linear = self._linear_weight_names()
+        shards, current, size = [], {}, 0
+        bf16 = set()
+        for name, tensor in self.state_dict().items():
+            key = self._paddle_to_original_name(name)
+            if tensor.dtype == paddle.bfloat16:
+                arr = tensor.view(paddle.uint16).numpy() if hasattr(tensor, "view") else None
+                bf16.add(key)
+            else:
+                arr = tensor.numpy()
+            if name in linear:
+                arr = np.ascontiguousarray(arr.T)
+            if current and size + arr.nbytes > max_shard_size:
+                shards.append(current)
+                current, size = {}, 0
+            current[key] = arr
+            size += arr.nbytes
+        shards.append(current)
+        meta = {"format": "pt"}
+        if len(shards) == 1:
+            save_file(shards[0], os.path.join(save_dir, WEIGHTS_NAME), meta, bf16)
+            return
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(save_dir, fname), meta, bf16 & set(shard))
+            weight_map.update({k: fname for k in shard})
+        total = sum(a.nbytes for s in shards for a in s.values())
+        with open(os.path.join(save_dir, WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

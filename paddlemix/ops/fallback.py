@@ -1,0 +1,90 @@
+"""Pure-Paddle implementations of the fused ops. They define the semantics the C++/CUDA kernels must match."""
+
+import paddle
+import paddle.nn.functional as F
+
+
+def rms_norm(x, weight, eps):
+    """RMSNorm as Emu3/Llama: float32 statistics, cast back to x's dtype, then multiply by the weight."""
+    xf = x.astype("float32")
+    var = (xf * xf).mean(axis=-1, keepdim=True)
+    y = (xf * paddle.rsqrt(var + eps)).astype(x.dtype)
+    return weight * y
+
+
+def rope_cos_sin(position_ids, inv_freq, dtype):
+    """cos/sin tables [B, L, D] for rotate-half RoPE, computed in float32 and cast to dtype."""
+    freqs = position_ids.astype("float32").unsqueeze(-1) * inv_freq.astype("float32")  # [B, L, D/2]
+    emb = paddle.concat([freqs, freqs], axis=-1)
+    return emb.cos().astype(dtype), emb.sin().astype(dtype)
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return paddle.concat([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def rotary_embedding(q, k, position_ids, inv_freq):
+    """Rotate-half RoPE on q [B, L, Hq, D] and k [B, L, Hk, D] at position_ids [B, L].
+
+    inv_freq [D/2] holds 1 / theta^(2i/D), already divided by the linear scaling factor or recomputed for dynamic
+    NTK scaling, so one op serves every rope_scaling mode.
+    """
+    cos, sin = rope_cos_sin(position_ids, inv_freq, q.dtype)
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def vq_nearest(latents, codebook):
+    """Index of the nearest codebook row (squared L2, float32) for each row of latents [N, C]; ties -> lowest."""
+    z = latents.astype("float32")
+    e = codebook.astype("float32")
+    d = (z * z).sum(axis=1, keepdim=True) + (e * e).sum(axis=1) - 2.0 * paddle.matmul(z, e, transpose_y=True)
+    return paddle.argmin(d, axis=1).astype("int64")
+
+
+def cfg_sample(cond_logits, uncond_logits, guidance_scale, allowed, top_k, top_p, temperature, random):
+    """One generation step's scoring and token choice for a batch [B, V], in float32.
+
+    1. scores = log_softmax(cond); with uncond_logits and guidance_scale != 1:
+       scores = scale * (scores - log_softmax(uncond)) + log_softmax(uncond).
+    2. allowed [B, 2] int64 (lo, hi): ids outside [lo, hi) get -inf (one forced id is hi = lo + 1). None: no mask.
+    3. random None: greedy, the first index of the maximum. Otherwise sampling, as transformers' warpers in order:
+       scores / temperature (if != 1); top-k (if 0 < top_k: drop scores below the k-th largest, ties kept);
+       top-p (if < 1: sort ascending, drop tokens whose cumulative probability is <= 1 - top_p, always keeping the
+       largest); then the token is the first index i whose running probability sum, in index order, exceeds
+       random[b] * total (inverse CDF with the given uniforms in [0, 1)).
+    Returns int64 [B].
+    """
+    scores = F.log_softmax(cond_logits.astype("float32"), axis=-1)
+    if uncond_logits is not None and guidance_scale is not None and guidance_scale != 1:
+        u = F.log_softmax(uncond_logits.astype("float32"), axis=-1)
+        scores = guidance_scale * (scores - u) + u
+    neg_inf = paddle.full_like(scores, float("-inf"))
+    if allowed is not None:
+        ids = paddle.arange(scores.shape[-1], dtype="int64").unsqueeze(0)
+        keep = (ids >= allowed[:, 0:1]) & (ids < allowed[:, 1:2])
+        scores = paddle.where(keep, scores, neg_inf)
+    if random is None:
+        return paddle.argmax(scores, axis=-1).astype("int64")
+    if temperature is not None and temperature != 1.0:
+        scores = scores / temperature
+    vocab = scores.shape[-1]
+    if top_k is not None and top_k > 0:
+        kth = paddle.topk(scores, min(int(top_k), vocab), axis=-1)[0][:, -1:]
+        scores = paddle.where(scores < kth, neg_inf, scores)
+    if top_p is not None and top_p < 1.0:
+        order = paddle.argsort(scores, axis=-1)
+        sorted_scores = paddle.take_along_axis(scores, order, axis=-1)
+        cum = F.softmax(sorted_scores, axis=-1).cumsum(axis=-1)
+        remove_sorted = cum <= (1.0 - top_p)
+        remove_sorted[:, -1] = False
+        remove = paddle.put_along_axis(paddle.zeros_like(remove_sorted), order, remove_sorted, axis=-1)
+        scores = paddle.where(remove, neg_inf, scores)
+    probs = F.softmax(scores, axis=-1)
+    cdf = probs.cumsum(axis=-1)
+    target = random.astype("float32").reshape([-1, 1]) * cdf[:, -1:]
+    idx = (cdf <= target).astype("int64").sum(axis=-1)
+    # never land on a zero-probability token at the end (target rounding): clamp to the last positive one
+    last_pos = vocab - 1 - paddle.argmax(paddle.flip((probs > 0).astype("int64"), axis=[-1]), axis=-1)
+    return paddle.minimum(idx, last_pos).astype("int64")
