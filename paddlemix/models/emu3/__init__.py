@@ -1,0 +1,3 @@
+from .configuration_emu3visionvq import Emu3VisionVQConfig
+from .image_processing_emu3visionvq import Emu3VisionVQImageProcessor, smart_resize
+from .modeling_emu3visionvq import Emu3VisionVQModel
