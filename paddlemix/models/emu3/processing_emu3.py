@@ -1,0 +1,335 @@
+"""The Emu3 processor: builds the text-to-image ("G") and understanding ("U") prompts, and turns generated ids back
+into text pieces and PIL images."""
+
+import logging
+import math
+import re
+
+import numpy as np
+from PIL import Image
+
+from .tokenization_emu3 import BatchEncoding, ids_to_list, to_tensor
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHAT_TEMPLATE = "You are a helpful assistant. USER: {image_prompt}{text_prompt}. ASSISTANT:"
+DEFAULT_PREFIX_TEMPLATE = "{H}*{W}"
+DEFAULT_VISUAL_TEMPLATE = ("<|visual token {token_id:0>6d}|>", r"<\|visual token (\d+)\|>")
+DEFAULT_IMAGE_AREA = 518400
+
+
+def parse_ratio(ratio):
+    """``(w, h)`` from a "W:H" string of two positive integers; ValueError otherwise."""
+    if not isinstance(ratio, str):
+        raise ValueError(f"ratio must be a 'W:H' string such as '16:9', got {ratio!r}")
+    parts = ratio.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"ratio must be 'W:H' with two positive integers (e.g. '16:9'), got {ratio!r}")
+    w, h = (int(p) for p in parts)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"ratio {ratio!r}: width and height must both be positive")
+    return w, h
+
+
+def calculate_generate_size(ratio, image_area, spatial_factor):
+    """Token grid ``(h, w)`` for a "W:H" ratio and a pixel area, rounded half to even as the original does."""
+    w, h = parse_ratio(ratio)
+    target_ratio = (image_area / (h * w)) ** 0.5
+    th = int(round(h * target_ratio / spatial_factor))
+    tw = int(round(w * target_ratio / spatial_factor))
+    if th <= 0 or tw <= 0:
+        raise ValueError(
+            f"ratio {ratio!r} with image_area {image_area} gives an empty token grid {th}x{tw} "
+            f"(spatial factor {spatial_factor}); use a larger image_area or a less extreme ratio"
+        )
+    return th, tw
+
+
+class Emu3Processor:
+    """Prepares Emu3 inputs from text and PIL images, and decodes Emu3 outputs.
+
+    Args:
+        image_processor: an ``Emu3VisionVQImageProcessor`` (needed for mode "U" and for decoding images).
+        vision_tokenizer: an ``Emu3VisionVQModel`` (its config gives the spatial factor and codebook size).
+        tokenizer: an ``Emu3Tokenizer``.
+        chat_template: the understanding prompt, with ``{image_prompt}`` and ``{text_prompt}``.
+        prefix_template: the grid size text after ``<|image start|>``, with ``{H}`` and ``{W}``.
+        visual_template: ``(format string of a visual token with {token_id}, regex of it)``.
+        image_area: the default pixel area of a generated image (the LM config's ``image_area``).
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        vision_tokenizer=None,
+        tokenizer=None,
+        chat_template=DEFAULT_CHAT_TEMPLATE,
+        prefix_template=DEFAULT_PREFIX_TEMPLATE,
+        visual_template=DEFAULT_VISUAL_TEMPLATE,
+        image_area=DEFAULT_IMAGE_AREA,
+    ):
+        if vision_tokenizer is None:
+            raise ValueError("Emu3Processor needs vision_tokenizer (an Emu3VisionVQModel)")
+        if tokenizer is None:
+            raise ValueError("Emu3Processor needs tokenizer (an Emu3Tokenizer)")
+        self.image_processor = image_processor
+        self.vision_tokenizer = vision_tokenizer
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.prefix_template = prefix_template
+        self.visual_template = visual_template
+        self.image_area = image_area
+        self.spatial_factor = vision_tokenizer.config.spatial_factor
+        self.codebook_size = vision_tokenizer.config.codebook_size
+
+        # visual token strings (built once) and their ids, which must be contiguous: first id + code
+        self.visual_token_strings = [visual_template[0].format(token_id=i) for i in range(self.codebook_size)]
+        for token in (self.visual_token_strings[0], self.visual_token_strings[-1]):
+            if token not in tokenizer.special_tokens:
+                raise ValueError(
+                    f"the tokenizer has no visual token {token!r}: it does not match a vision tokenizer with "
+                    f"codebook_size {self.codebook_size}"
+                )
+        ids = np.asarray(tokenizer.convert_tokens_to_ids(self.visual_token_strings))
+        self.visual_token_start = int(ids[0])
+        if not np.array_equal(ids, self.visual_token_start + np.arange(self.codebook_size)):
+            raise ValueError("the tokenizer's visual token ids are not contiguous in code order")
+        self._prefix_regex = re.compile(
+            re.escape(prefix_template).replace(r"\{H\}", r"(?P<H>\d+)").replace(r"\{W\}", r"(?P<W>\d+)")
+        )
+
+    def __call__(
+        self,
+        text,
+        image=None,
+        *,
+        mode="G",
+        ratio="1:1",
+        image_area=None,
+        padding_image=False,
+        return_tensors="pd",
+        padding="longest",
+        return_token_type_ids=False,
+        **tokenizer_kwargs,
+    ):
+        """Build and tokenize the prompts.
+
+        Mode "G" (text-to-image): ``bos + text + boi + "{h}*{w}" + img`` per prompt, where ``(h, w)`` is the token
+        grid for ``ratio`` ("W:H"; one string for all prompts or one per prompt) and ``image_area`` (default: the
+        processor's ``image_area``).
+        Mode "U" (understanding): ``bos + chat_template`` with the image prompt
+        ``boi + "{h}*{w}" + img + rows of visual tokens joined by eol + eol + eof + eoi``; one PIL image per text.
+        ``padding_image`` pads images of different sizes to a common size before encoding them as one batch
+        (the original's behaviour, which changes codes near the padded border).
+
+        Returns:
+            ``BatchEncoding`` with ``input_ids`` and ``attention_mask`` ``[B, L]`` (left padding by default) and
+            ``image_size`` ``[B, 2]`` (token grid h, w), as ``return_tensors`` asks ("pd", "np" or None).
+        """
+        texts = self._check_texts(text)
+        if mode not in ("G", "U"):
+            raise ValueError(f"mode must be 'G' (generation) or 'U' (understanding), got {mode!r}")
+        tok = self.tokenizer
+        prompts, sizes = [], []
+        if mode == "G":
+            if image is not None:
+                raise ValueError("mode 'G' (text-to-image) takes no image; use mode 'U' to ask about an image")
+            ratios = [ratio] * len(texts) if isinstance(ratio, str) else list(ratio)
+            if len(ratios) == 1:
+                ratios = ratios * len(texts)
+            if len(ratios) != len(texts):
+                raise ValueError(f"got {len(ratios)} ratios for {len(texts)} prompts: pass one ratio or one per prompt")
+            area = self.image_area if image_area is None else image_area
+            if not isinstance(area, (int, float)) or area <= 0:
+                raise ValueError(f"image_area must be a positive number of pixels, got {area!r}")
+            for text_prompt, r in zip(texts, ratios):
+                h, w = calculate_generate_size(r, area, self.spatial_factor)
+                prompts.append(
+                    tok.bos_token + text_prompt + tok.boi_token + self.prefix_template.format(H=h, W=w) + tok.img_token
+                )
+                sizes.append((h, w))
+        else:
+            images = self._check_images(image, len(texts))
+            for text_prompt, codes in zip(texts, self.tokenize_image(images, padding_image=padding_image)):
+                h, w = codes.shape
+                image_prompt = (
+                    tok.boi_token
+                    + self.prefix_template.format(H=h, W=w)
+                    + tok.img_token
+                    + self.codes_to_string(codes)
+                    + tok.eol_token
+                    + tok.eof_token
+                    + tok.eoi_token
+                )
+                prompts.append(tok.bos_token + self.chat_template.format(image_prompt=image_prompt, text_prompt=text_prompt))
+                sizes.append((h, w))
+
+        inputs = tok(
+            prompts,
+            padding=padding,
+            return_tensors=return_tensors,
+            return_token_type_ids=return_token_type_ids,
+            **tokenizer_kwargs,
+        )
+        inputs["image_size"] = to_tensor(np.asarray(sizes, dtype=np.int64), return_tensors)
+        return BatchEncoding(inputs)
+
+    @staticmethod
+    def _check_texts(text):
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise ValueError("text must be a str or a non-empty list of str")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ValueError(f"text[{i}] must be a str, got {type(t).__name__}")
+            if not t:
+                raise ValueError(f"text[{i}] is an empty prompt")
+        return list(texts)
+
+    @staticmethod
+    def _check_images(image, n_texts):
+        if image is None:
+            raise ValueError("mode 'U' (understanding) needs an image: pass one PIL image per text")
+        images = [image] if isinstance(image, Image.Image) else image
+        if not isinstance(images, (list, tuple)) or not all(isinstance(im, Image.Image) for im in images):
+            raise ValueError("image must be a PIL.Image.Image or a list of them")
+        if len(images) != n_texts:
+            raise ValueError(f"got {len(images)} images for {n_texts} texts: pass exactly one image per text")
+        return list(images)
+
+    def codes_to_string(self, codes):
+        """The visual-token text of a code grid ``[h, w]``: each row's tokens, rows joined by eol."""
+        strings = self.visual_token_strings
+        return self.tokenizer.eol_token.join("".join([strings[c] for c in row]) for row in np.asarray(codes).tolist())
+
+    def tokenize_image(self, images, padding_image=False):
+        """Code grids (numpy int64 ``[h, w]``, one per image) of PIL images.
+
+        Images of the same processed size are encoded together as one batch. With ``padding_image=True``, images
+        of different sizes are zero-padded (in normalized pixel space, right and bottom) to the largest height and
+        width, encoded as one batch, and each grid is cropped back to ``ceil(H / f) x ceil(W / f)``.
+        """
+        if self.image_processor is None:
+            raise ValueError("this Emu3Processor has no image_processor: it cannot encode images")
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        if not images:
+            return []
+        pixels = [np.asarray(self.image_processor(im, return_tensors="np")["pixel_values"])[0] for im in images]
+        shapes = [p.shape[-2:] for p in pixels]
+        if padding_image and len(set(shapes)) > 1:
+            max_h = max(s[0] for s in shapes)
+            max_w = max(s[1] for s in shapes)
+            batch = np.zeros((len(pixels), pixels[0].shape[0], max_h, max_w), dtype=pixels[0].dtype)
+            for i, p in enumerate(pixels):
+                batch[i, :, : p.shape[1], : p.shape[2]] = p
+            codes = self._encode(batch)
+            f = self.spatial_factor
+            return [codes[i, : math.ceil(h / f), : math.ceil(w / f)] for i, (h, w) in enumerate(shapes)]
+        grids = [None] * len(images)
+        for shape in dict.fromkeys(shapes):
+            index = [i for i, s in enumerate(shapes) if s == shape]
+            codes = self._encode(np.stack([pixels[i] for i in index]))
+            for row, i in enumerate(index):
+                grids[i] = codes[row]
+        return grids
+
+    def _encode(self, pixel_values):
+        """Codes (numpy int64 ``[B, h, w]``) of normalized pixels ``[B, 3, H, W]`` in one vision tokenizer call."""
+        return self.vision_tokenizer.encode(pixel_values).numpy().astype(np.int64)
+
+    def decode(self, token_ids, skip_special_tokens=False):
+        """Text pieces and PIL images of one sequence, in order.
+
+        An image is the run of visual tokens between ``<|image start|>`` and ``<|image end|>`` (rows split by the
+        eol token; the ``"{h}*{w}"`` prefix and the eof token are not part of it); it is decoded by the vision
+        tokenizer and postprocessed by the image processor. As the original, the result is a list when there are
+        several pieces and the piece itself when there is one ("" for an empty sequence).
+
+        A sequence cut short (an image with no ``<|image end|>``) gives a partial image made of its complete rows:
+        a shorter last row is dropped (with a warning); a cut image with no complete row stays as its text.
+        A complete image whose rows differ in length, or that holds no visual token, raises ValueError.
+        With ``skip_special_tokens=True`` every special and visual token is dropped, so the result is text only.
+        """
+        return self.batch_decode([token_ids], skip_special_tokens=skip_special_tokens)[0]
+
+    def batch_decode(self, sequences, skip_special_tokens=False):
+        """``decode`` of each sequence; images of the same grid size are decoded together in one batch."""
+        if hasattr(sequences, "numpy"):
+            sequences = sequences.numpy()
+        docs = [self._split_pieces(ids_to_list(ids), skip_special_tokens) for ids in sequences]
+        grids = [piece for doc in docs for piece in doc if isinstance(piece, np.ndarray)]
+        images = self._decode_grids(grids)
+        results = []
+        for doc in docs:
+            pieces = [images[id(p)] if isinstance(p, np.ndarray) else p for p in doc]
+            results.append(pieces if len(pieces) > 1 else (pieces[0] if pieces else ""))
+        return results
+
+    def _split_pieces(self, ids, skip_special_tokens):
+        """Text pieces (str) and code grids (np.ndarray) of one id list."""
+        tok = self.tokenizer
+        if skip_special_tokens:
+            text = tok.decode(ids, skip_special_tokens=True)
+            return [text] if text else []
+        ids = np.asarray(ids, dtype=np.int64)
+        boi, eoi = tok.boi_token_id, tok.eoi_token_id
+        pieces, start = [], 0
+        for b in np.flatnonzero(ids == boi):
+            if b < start:
+                continue
+            if b > start:
+                pieces.append(tok.decode(ids[start:b]))
+            ends = np.flatnonzero(ids[b + 1:] == eoi)
+            end = b + 1 + int(ends[0]) if ends.size else len(ids)
+            segment = ids[b: end + 1]
+            grid = self._segment_grid(segment, complete=bool(ends.size))
+            pieces.append(grid if grid is not None else tok.decode(segment))
+            start = end + 1
+        if start < len(ids):
+            pieces.append(tok.decode(ids[start:]))
+        return [p for p in pieces if not isinstance(p, str) or p]
+
+    def _segment_grid(self, segment, complete):
+        """The code grid of an image segment (boi .. eoi), or None for a cut segment with no complete row."""
+        tok = self.tokenizer
+        img = np.flatnonzero(segment == tok.img_token_id)
+        body_start = int(img[0]) + 1 if img.size else 1
+        prefix = self._prefix_regex.fullmatch(tok.decode(segment[1: body_start - 1])) if img.size else None
+        body = segment[body_start:]
+        rows = []
+        for part in np.split(body, np.flatnonzero(body == tok.eol_token_id)):
+            codes = part[(part >= self.visual_token_start) & (part < self.visual_token_start + self.codebook_size)]
+            if codes.size:
+                rows.append(codes - self.visual_token_start)
+        lengths = [len(r) for r in rows]
+        if complete:
+            if not rows:
+                raise ValueError("an image (between <|image start|> and <|image end|>) holds no visual tokens")
+            if len(set(lengths)) > 1:
+                raise ValueError(f"the image rows have different lengths {lengths}; cannot form a grid")
+            return np.stack(rows)
+        width = int(prefix.group("W")) if prefix else (lengths[0] if rows else 0)
+        if rows and lengths[-1] != width:
+            logger.warning("image cut short: dropping its incomplete last row (%d of %d tokens)", lengths[-1], width)
+            rows, lengths = rows[:-1], lengths[:-1]
+        if any(n != width for n in lengths):
+            raise ValueError(f"the image rows have different lengths {lengths}; cannot form a grid")
+        if not rows:
+            return None
+        logger.warning("image cut short (no <|image end|>): decoding its %d complete rows", len(rows))
+        return np.stack(rows)
+
+    def _decode_grids(self, grids):
+        """``{id(grid): PIL image}``, decoding grids of the same shape in one vision tokenizer call."""
+        if not grids:
+            return {}
+        if self.image_processor is None:
+            raise ValueError("this Emu3Processor has no image_processor: it cannot postprocess decoded images")
+        images = {}
+        for shape in dict.fromkeys(g.shape for g in grids):
+            group = [g for g in grids if g.shape == shape]
+            pixels = self.vision_tokenizer.decode(np.stack(group))
+            pil = self.image_processor.postprocess(pixels.astype("float32"))["pixel_values"]
+            for g, im in zip(group, pil):
+                images[id(g)] = im
+        return images
