@@ -1,0 +1,282 @@
+"""Emu3 generation: greedy or sampled decoding with classifier-free guidance and the image-grid constraint.
+
+Gives the tokens of the original pipeline (transformers ``generate`` with ``UnbatchedClassifierFreeGuidanceLogitsProcessor``
+and ``PrefixConstrainedLogitsProcessor(Emu3PrefixConstrainedLogitsHelper)``) by a leaner design:
+
+* the conditional rows and the unconditional (negative prompt) rows run as ONE batch per step: both are left-padded
+  to a common length, with explicit position ids and a key mask, so every row computes what its separate pass does;
+* one KV cache for prompt + new tokens is allocated before the first step and written in place;
+* the allowed token range of every step (h rows of w visual tokens, each followed by eol, then eof, eoi, eos, pad) is
+  computed once on the device from the step index and ``image_size`` as a ``[steps, B, 2]`` (lo, hi) table;
+* scoring and the token choice go through ``paddlemix.ops.cfg_sample``; only the last position's logits are formed;
+* the host reads device values only to stop text generation early (once per step on CPU, every 8 steps on GPU).
+"""
+
+import logging
+
+import numpy as np
+import paddle
+from tqdm.auto import tqdm
+
+from ... import ops
+from ..model_utils import on_gpu
+from .modeling_emu3 import Emu3KVCache, additive_mask
+
+logger = logging.getLogger(__name__)
+
+
+def _int_array(value, name):
+    if isinstance(value, paddle.Tensor):
+        value = value.numpy()
+    arr = np.asarray(value)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _prompt(ids, mask, name):
+    """Validated (ids [B, L], mask [B, L]) numpy arrays; mask defaults to all ones."""
+    ids = _int_array(ids, name)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[0] == 0:
+        raise ValueError(f"{name} must be a [batch, length] array, got shape {list(ids.shape)}")
+    if ids.shape[1] == 0:
+        raise ValueError(f"{name} is empty: every prompt needs at least one token")
+    if mask is None:
+        mask = np.ones_like(ids)
+    else:
+        mask = _int_array(mask, f"{name} attention mask")
+        if mask.ndim == 1:
+            mask = mask[None]
+        if mask.shape != ids.shape:
+            raise ValueError(f"the attention mask of {name} has shape {list(mask.shape)}, expected {list(ids.shape)}")
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"the attention mask of {name} must hold only 0 and 1")
+    empty = np.flatnonzero(mask.sum(axis=1) == 0)
+    if empty.size:
+        raise ValueError(f"{name} row(s) {empty.tolist()} are empty (attention mask all 0)")
+    return ids, mask
+
+
+def _image_grid(image_size, batch):
+    """(h, w) int64 arrays [B] from image_size [B, 2] or [1, 2] (one grid for every row)."""
+    size = _int_array(image_size, "image_size")
+    if size.ndim == 1 and size.shape == (2,):
+        size = size[None]
+    if size.ndim != 2 or size.shape[1] != 2 or size.shape[0] not in (1, batch):
+        raise ValueError(
+            f"image_size must have shape [{batch}, 2] (or [1, 2]) of token grids (h, w), got {list(size.shape)}"
+        )
+    if (size < 1).any():
+        raise ValueError(f"image_size must hold positive grid sizes, got {size.tolist()}")
+    size = np.broadcast_to(size, (batch, 2))
+    return size[:, 0].copy(), size[:, 1].copy()
+
+
+def grid_length(height, width):
+    """New tokens an h x w image takes: h rows of w visual tokens + eol each, then eof, eoi, eos."""
+    return (width + 1) * height + 3
+
+
+def allowed_table(config, first_offset, height, width, steps):
+    """(lo, hi) of the allowed ids of every step and row, int64 [steps, B, 2], computed on the device.
+
+    first_offset [B]: the offset of the first new token, i.e. prompt length - index of the row's first
+    ``<|image token|>``. The original's rules in its order: offset % (w+1) == 0 -> eol (tested first, so it also
+    wins on the eof/eoi/eos offsets when they are multiples of w+1); (w+1)h+1 -> eof; +2 -> eoi; +3 -> eos;
+    beyond -> pad; otherwise any visual token (eoi+1 .. vocab_size-1).
+    """
+    off = paddle.to_tensor(first_offset).unsqueeze(0) + paddle.arange(steps, dtype="int64").unsqueeze(1)
+    h = paddle.to_tensor(height).unsqueeze(0)
+    w = paddle.to_tensor(width).unsqueeze(0)
+    end = (w + 1) * h
+    lo = paddle.full_like(off, config.first_visual_token_id)
+    hi = paddle.full_like(off, config.vocab_size)
+    for cond, token in (
+        (off > end + 3, config.pad_token_id),
+        (off == end + 3, config.eos_token_id),
+        (off == end + 2, config.eoi_token_id),
+        (off == end + 1, config.eof_token_id),
+        (off % (w + 1) == 0, config.eol_token_id),
+    ):
+        lo = paddle.where(cond, paddle.full_like(lo, token), lo)
+        hi = paddle.where(cond, paddle.full_like(hi, token + 1), hi)
+    return paddle.stack([lo, hi], axis=-1)
+
+
+def _left_pad(ids, mask, length, pad_id):
+    extra = length - ids.shape[1]
+    if extra == 0:
+        return ids, mask
+    return (
+        np.concatenate([np.full((ids.shape[0], extra), pad_id, np.int64), ids], axis=1),
+        np.concatenate([np.zeros((mask.shape[0], extra), np.int64), mask], axis=1),
+    )
+
+
+def _check_sampling(top_k, top_p, temperature):
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0):
+        raise ValueError(f"top_k must be a non-negative integer or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if temperature is None or not float(temperature) > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
+def generate(
+    model,
+    input_ids,
+    attention_mask=None,
+    negative_prompt_ids=None,
+    negative_prompt_attention_mask=None,
+    guidance_scale=None,
+    image_size=None,
+    max_new_tokens=None,
+    do_sample=False,
+    top_k=None,
+    top_p=None,
+    temperature=1.0,
+    seed=None,
+    progress=True,
+):
+    """Generate after left-padded prompts; returns int64 [B, prompt_len + new_len] (prompt, then new tokens).
+
+    input_ids / attention_mask: [B, L] (1 token, 0 padding; padding on the left, as the processor writes it).
+    guidance_scale: classifier-free guidance; None or 1 runs no unconditional branch. With guidance,
+        negative_prompt_ids [B, Ln] is the unconditional prompt (default: the last prompt token, as transformers).
+        Without negative_prompt_attention_mask every negative token counts as real (the original passes no mask);
+        with it, its padding is masked and positions follow it.
+    image_size: [B, 2] or [1, 2] token grids (h, w): constrains each row to an h x w image, then eof, eoi, eos.
+        Needs an ``<|image token|>`` in each prompt (the grid counts from the first one).
+    max_new_tokens: at most this many new tokens (default: the grid length with image_size, else up to
+        max_position_embeddings). With image_size generation ends after the longest grid.
+    do_sample: sample (top_k, top_p, temperature as transformers' warpers) instead of greedy argmax.
+    seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device).
+    progress: a tqdm bar over the new tokens.
+    Rows that produced eos continue with pad_token_id; generation stops once every row has.
+    """
+    config = model.config
+    ids, mask = _prompt(input_ids, attention_mask, "input_ids")
+    batch, prompt_len = ids.shape
+    if guidance_scale is not None and not isinstance(guidance_scale, (int, float, np.number)):
+        raise ValueError(f"guidance_scale must be a number or None, got {guidance_scale!r}")
+    use_cfg = guidance_scale is not None and float(guidance_scale) != 1.0
+    if use_cfg:
+        if negative_prompt_ids is None:
+            neg_ids, neg_mask = ids[:, -1:].copy(), np.ones((batch, 1), np.int64)
+        else:
+            neg_ids, neg_mask = _prompt(negative_prompt_ids, negative_prompt_attention_mask, "negative_prompt_ids")
+            if neg_ids.shape[0] != batch:
+                raise ValueError(
+                    f"negative_prompt_ids has {neg_ids.shape[0]} rows but input_ids has {batch}: give one per prompt"
+                )
+    elif negative_prompt_ids is not None:
+        logger.warning("negative_prompt_ids is ignored: guidance_scale is %s", guidance_scale)
+
+    if image_size is not None:
+        height, width = _image_grid(image_size, batch)
+        is_img = ids == config.img_token_id
+        missing = np.flatnonzero(~is_img.any(axis=1))
+        if missing.size:
+            raise ValueError(
+                f"image_size was given, but prompt row(s) {missing.tolist()} have no <|image token|> "
+                f"(id {config.img_token_id}); build image prompts with the processor's mode 'G'"
+            )
+        first_offset = prompt_len - is_img.argmax(axis=1)
+        need = int(grid_length(height, width).max())
+        if max_new_tokens is None:
+            max_new_tokens = need
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < need:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens!r} is too small for the image grid: "
+                f"{height.tolist()} x {width.tolist()} tokens need (w+1)*h+3 = {need} new tokens"
+            )
+        steps = need
+    else:
+        if max_new_tokens is None:
+            max_new_tokens = config.max_position_embeddings - prompt_len
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        steps = int(max_new_tokens)
+    longest = max(prompt_len, neg_ids.shape[1] if use_cfg else 0)
+    if longest + steps > config.max_position_embeddings:
+        raise ValueError(
+            f"prompt length {longest} + {steps} new tokens exceeds max_position_embeddings "
+            f"{config.max_position_embeddings}"
+        )
+    if do_sample:
+        _check_sampling(top_k, top_p, temperature)
+
+    # one batch: conditional rows, then unconditional rows, left-padded to a common length
+    if use_cfg:
+        ids_c, mask_c = _left_pad(ids, mask, longest, config.pad_token_id)
+        ids_u, mask_u = _left_pad(neg_ids, neg_mask, longest, config.pad_token_id)
+        all_ids, all_mask = np.concatenate([ids_c, ids_u]), np.concatenate([mask_c, mask_u])
+    else:
+        all_ids, all_mask = ids, mask
+    rows = all_ids.shape[0]
+    positions = np.where(all_mask == 1, np.cumsum(all_mask, axis=1) - 1, 1)
+    dtype = model.dtype
+    padded = not bool(all_mask.all())
+    key_mask = paddle.to_tensor(np.concatenate([all_mask, np.ones((rows, steps), np.int64)], axis=1))
+    step_masks = additive_mask(key_mask, 1, longest + steps - 1, dtype) if padded else None  # [R, 1, 1, T]
+    prefill_mask = additive_mask(key_mask[:, :longest], longest, 0, dtype) if padded else None
+    next_pos = paddle.to_tensor(all_mask.sum(axis=1, keepdims=True))
+
+    allowed = None
+    if image_size is not None:
+        allowed = allowed_table(config, first_offset, height, width, steps)
+    uniforms = None
+    if do_sample:
+        if seed is not None:
+            uniforms = paddle.to_tensor(np.random.default_rng(seed).random((steps, batch), dtype=np.float32))
+        else:
+            uniforms = paddle.rand([steps, batch], dtype="float32")
+    sample_args = (top_k, top_p, temperature) if do_sample else (None, None, 1.0)
+    sync_every = 8 if on_gpu() else 1
+    scale = float(guidance_scale) if use_cfg else None
+
+    cache = Emu3KVCache.for_model(config, rows, longest + steps, dtype)
+    new_tokens = paddle.full([batch, steps], config.pad_token_id, dtype="int64")
+    unfinished = paddle.ones([batch], dtype="bool")
+    pad = paddle.full([batch], config.pad_token_id, dtype="int64")
+    bar = tqdm(total=steps, desc="Emu3 generate", unit="tok", disable=not progress)
+    with paddle.no_grad():
+        logits = model.last_logits(
+            paddle.to_tensor(all_ids), paddle.to_tensor(positions), prefill_mask, cache
+        )
+        done = 0
+        for step in range(steps):
+            token = ops.cfg_sample(
+                logits[:batch],
+                logits[batch:] if use_cfg else None,
+                scale,
+                allowed[step] if allowed is not None else None,
+                *sample_args,
+                uniforms[step] if uniforms is not None else None,
+            )
+            token = paddle.where(unfinished, token, pad)
+            new_tokens[:, step] = token
+            unfinished = unfinished & (token != config.eos_token_id)
+            done = step + 1
+            bar.update(1)
+            if done == steps:
+                break
+            if image_size is None and done % sync_every == 0 and not bool(unfinished.any()):
+                break
+            step_ids = (paddle.concat([token, token]) if use_cfg else token).unsqueeze(1)
+            step_mask = step_masks[:, :, :, : longest + done] if padded else None
+            logits = model.last_logits(step_ids, next_pos + step, step_mask, cache)
+    bar.close()
+    out = new_tokens[:, :done].numpy()
+    new_len = _generated_length(out, config.eos_token_id)
+    return paddle.to_tensor(np.concatenate([ids, out[:, :new_len]], axis=1))
+
+
+def _generated_length(tokens, eos_id):
+    """Columns up to the step where the last row produced eos (transformers stops there); all if a row never did."""
+    has_eos = (tokens == eos_id).any(axis=1)
+    if not has_eos.all():
+        return tokens.shape[1]
+    return int((tokens == eos_id).argmax(axis=1).max()) + 1
