@@ -1,3 +1,5 @@
 from .configuration_emu3visionvq import Emu3VisionVQConfig
 from .image_processing_emu3visionvq import Emu3VisionVQImageProcessor, smart_resize
 from .modeling_emu3visionvq import Emu3VisionVQModel
+from .processing_emu3 import Emu3Processor
+from .tokenization_emu3 import Emu3Tokenizer

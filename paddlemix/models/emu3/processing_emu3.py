@@ -329,7 +329,7 @@ class Emu3Processor:
         for shape in dict.fromkeys(g.shape for g in grids):
             group = [g for g in grids if g.shape == shape]
             pixels = self.vision_tokenizer.decode(np.stack(group))
-            pil = self.image_processor.postprocess(pixels.astype("float32"))["pixel_values"]
+            pil = self.image_processor.postprocess(pixels)["pixel_values"]
             for g, im in zip(group, pil):
                 images[id(g)] = im
         return images
