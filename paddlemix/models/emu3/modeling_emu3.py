@@ -78,15 +78,12 @@ class Emu3KVCache:
     def for_model(cls, config, batch_size, capacity, dtype):
         return cls(config.num_hidden_layers, batch_size, capacity, config.num_key_value_heads, config.head_dim, dtype)
 
-    @property
-    def capacity(self):
-        return self.keys[0].shape[1]
-
     def update(self, layer_idx, key, value):
         start = self.length
         end = start + key.shape[1]
-        if end > self.capacity:
-            extra = max(end, 2 * self.capacity) - self.capacity
+        capacity = self.keys[layer_idx].shape[1]
+        if end > capacity:
+            extra = max(end, 2 * capacity) - capacity
             pad_shape = [key.shape[0], extra] + list(key.shape[2:])
             self.keys[layer_idx] = paddle.concat([self.keys[layer_idx], paddle.zeros(pad_shape, key.dtype)], axis=1)
             self.values[layer_idx] = paddle.concat(
