@@ -112,19 +112,41 @@ class Emu3Processor:
         return_token_type_ids=False,
         **tokenizer_kwargs,
     ):
-        """Build and tokenize the prompts.
+        """Build the prompts (see ``build_prompts``) and tokenize them as one batch.
+
+        ``padding``, ``return_token_type_ids`` and other keyword arguments go to the tokenizer (left padding by
+        default).
+
+        Returns:
+            ``BatchEncoding`` with ``input_ids`` and ``attention_mask`` ``[B, L]`` and ``image_size`` ``[B, 2]``
+            (token grid h, w), as ``return_tensors`` asks ("pd", "np" or None).
+        """
+        prompts, sizes = self.build_prompts(
+            text, image, mode=mode, ratio=ratio, image_area=image_area, padding_image=padding_image
+        )
+        inputs = self.tokenizer(
+            prompts,
+            padding=padding,
+            return_tensors=return_tensors,
+            return_token_type_ids=return_token_type_ids,
+            **tokenizer_kwargs,
+        )
+        inputs["image_size"] = to_tensor(np.asarray(sizes, dtype=np.int64), return_tensors)
+        return BatchEncoding(inputs)
+
+    def build_prompts(self, text, image=None, *, mode="G", ratio="1:1", image_area=None, padding_image=False):
+        """The prompt strings and token grids ``[(h, w), ...]`` of a batch.
 
         Mode "G" (text-to-image): ``bos + text + boi + "{h}*{w}" + img`` per prompt, where ``(h, w)`` is the token
         grid for ``ratio`` ("W:H"; one string for all prompts or one per prompt) and ``image_area`` (default: the
-        processor's ``image_area``).
+        processor's ``image_area``), rounded half to even as the original.
         Mode "U" (understanding): ``bos + chat_template`` with the image prompt
         ``boi + "{h}*{w}" + img + rows of visual tokens joined by eol + eol + eof + eoi``; one PIL image per text.
         ``padding_image`` pads images of different sizes to a common size before encoding them as one batch
-        (the original's behaviour, which changes codes near the padded border).
+        (the original's behaviour, which changes codes near the padded border); see ``tokenize_image``.
 
-        Returns:
-            ``BatchEncoding`` with ``input_ids`` and ``attention_mask`` ``[B, L]`` (left padding by default) and
-            ``image_size`` ``[B, 2]`` (token grid h, w), as ``return_tensors`` asks ("pd", "np" or None).
+        Raises ValueError for an empty prompt, a malformed ratio, a mode "G" call with images, a mode "U" call
+        without one image per text, or a ratio count that is neither 1 nor the number of prompts.
         """
         texts = self._check_texts(text)
         if mode not in ("G", "U"):
@@ -134,13 +156,13 @@ class Emu3Processor:
         if mode == "G":
             if image is not None:
                 raise ValueError("mode 'G' (text-to-image) takes no image; use mode 'U' to ask about an image")
-            ratios = [ratio] * len(texts) if isinstance(ratio, str) else list(ratio)
+            ratios = [ratio] if isinstance(ratio, str) else list(ratio)
             if len(ratios) == 1:
                 ratios = ratios * len(texts)
             if len(ratios) != len(texts):
                 raise ValueError(f"got {len(ratios)} ratios for {len(texts)} prompts: pass one ratio or one per prompt")
             area = self.image_area if image_area is None else image_area
-            if not isinstance(area, (int, float)) or area <= 0:
+            if isinstance(area, bool) or not isinstance(area, (int, float)) or area <= 0:
                 raise ValueError(f"image_area must be a positive number of pixels, got {area!r}")
             for text_prompt, r in zip(texts, ratios):
                 h, w = calculate_generate_size(r, area, self.spatial_factor)
@@ -163,16 +185,7 @@ class Emu3Processor:
                 )
                 prompts.append(tok.bos_token + self.chat_template.format(image_prompt=image_prompt, text_prompt=text_prompt))
                 sizes.append((h, w))
-
-        inputs = tok(
-            prompts,
-            padding=padding,
-            return_tensors=return_tensors,
-            return_token_type_ids=return_token_type_ids,
-            **tokenizer_kwargs,
-        )
-        inputs["image_size"] = to_tensor(np.asarray(sizes, dtype=np.int64), return_tensors)
-        return BatchEncoding(inputs)
+        return prompts, sizes
 
     @staticmethod
     def _check_texts(text):
