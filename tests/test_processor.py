@@ -1,6 +1,10 @@
 """Emu3Processor against the reference processor outputs, plus decode and bad-input behaviour."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -259,3 +263,42 @@ def test_bad_images_and_texts(processor, fixtures_dir):
         processor([], mode="G")
     with pytest.raises(ValueError, match="must be a str"):
         processor([1], mode="G")
+
+
+@pytest.mark.parametrize("case", ["single", "batch"])
+def test_understanding_script(fixtures_dir, case):
+    """run_understanding_inference.py on the fixture checkpoints prints the reference greedy answers."""
+    ref = np.load(fixtures_dir / "refs" / f"gen_vqa_{case}.npz")
+    inputs = np.load(fixtures_dir / "refs" / f"processor_U_{case}.npz")
+    script = pathlib.Path(__file__).resolve().parent.parent / "paddlemix" / "examples" / "emu3"
+    command = [
+        sys.executable,
+        str(script / "run_understanding_inference.py"),
+        "--model_path", str(fixtures_dir / "llm"),
+        "--vq_model_path", str(fixtures_dir / "vision_tokenizer"),
+        "--tokenizer_path", str(fixtures_dir / "tokenizer"),
+        "--max_new_tokens", str(ref["new_tokens"].shape[1]),
+        "--dtype", "float32",
+    ]
+    for name, question in zip(inputs["image_names"], inputs["text"]):
+        command += ["--image_path", str(fixtures_dir / "inputs" / f"{name}.png"), "--question", str(question)]
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONPATH=str(script.parents[2]))
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    answers = []
+    for i in range(len(ref["answers_skip_special"])):
+        start = out.index(f"Answer {i}: ") + len(f"Answer {i}: ")
+        end = out.find(f"\nAnswer {i + 1}: ", start)
+        answers.append(out[start:end] if end >= 0 else out[start:].removesuffix("\n"))
+    assert answers == [str(a) for a in ref["answers_skip_special"]]
+
+
+def test_understanding_script_bad_arguments(fixtures_dir):
+    script = pathlib.Path(__file__).resolve().parent.parent / "paddlemix" / "examples" / "emu3"
+    image = str(fixtures_dir / "inputs" / "img_a.png")
+    command = [sys.executable, str(script / "run_understanding_inference.py"), "--image_path", image]
+    command += ["--image_path", image, "--question", "a", "--question", "b", "--question", "c"]
+    env = dict(os.environ, PYTHONPATH=str(script.parents[2]))
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and "one question per image" in result.stderr
