@@ -253,7 +253,7 @@ def test_bad_inputs(model, fixtures_dir):
         (dict(input_ids=ids, image_size=size, max_new_tokens=int(grid_length(size[:, 0], size[:, 1]).max()) - 1),
          "too small"),
         (dict(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], image_size=size), "image token"),
-        (dict(input_ids=ids, max_new_tokens=cfg.max_position_embeddings), "max_position_embeddings"),
+        (dict(input_ids=ids, image_size=[[cfg.max_position_embeddings // 2, 1]]), "max_position_embeddings"),
         (dict(input_ids=ids, negative_prompt_ids=np.zeros((2, cfg.max_position_embeddings), np.int64),
               guidance_scale=3.0, max_new_tokens=1), "max_position_embeddings"),
         (dict(input_ids=ids, max_new_tokens=0), "max_new_tokens"),
@@ -290,6 +290,6 @@ def test_generation_script_on_fixture_checkpoints(fixtures_dir, tmp_path):
         got = np.asarray(Image.open(tmp_path / name).convert("RGB")).astype(np.int16)
         want = ref[f"decoded_image_uint8_{b}"].astype(np.int16)
         assert got.shape == want.shape and np.abs(got - want).max() <= 1
-    bad = subprocess.run(cmd[:2] + ["--model_path", str(tmp_path / "missing")], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode != 0 and "missing" in bad.stderr
+    bad = subprocess.run(cmd[:2] + ["--model_path", str(tmp_path / "missing"), "--prompt", "x"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "missing" in bad.stderr and "Traceback" not in bad.stderr

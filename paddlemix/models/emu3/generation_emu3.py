@@ -149,8 +149,9 @@ def generate(
         with it, its padding is masked and positions follow it.
     image_size: [B, 2] or [1, 2] token grids (h, w): constrains each row to an h x w image, then eof, eoi, eos.
         Needs an ``<|image token|>`` in each prompt (the grid counts from the first one).
-    max_new_tokens: at most this many new tokens (default: the grid length with image_size, else up to
-        max_position_embeddings). With image_size generation ends after the longest grid.
+    max_new_tokens: at most this many new tokens. With image_size it must cover the grid ((w+1)*h+3; default: that)
+        and generation ends after the longest grid; prompt + grid beyond max_position_embeddings is an error.
+        Without it (default: up to max_position_embeddings) it is capped at max_position_embeddings, with a warning.
     do_sample: sample (top_k, top_p, temperature as transformers' warpers) instead of greedy argmax.
     seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device).
     progress: a tqdm bar over the new tokens.
@@ -193,16 +194,25 @@ def generate(
                 f"{height.tolist()} x {width.tolist()} tokens need (w+1)*h+3 = {need} new tokens"
             )
         steps = need
-    else:
+    longest = max(prompt_len, neg_ids.shape[1] if use_cfg else 0)
+    room = config.max_position_embeddings - longest
+    if image_size is None:
         if max_new_tokens is None:
-            max_new_tokens = config.max_position_embeddings - prompt_len
+            max_new_tokens = room
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        steps = int(max_new_tokens)
-    longest = max(prompt_len, neg_ids.shape[1] if use_cfg else 0)
-    if longest + steps > config.max_position_embeddings:
+        if room < 1:
+            raise ValueError(
+                f"prompt length {longest} leaves no room for new tokens within max_position_embeddings "
+                f"{config.max_position_embeddings}"
+            )
+        if max_new_tokens > room:
+            logger.warning("max_new_tokens %d capped to %d by max_position_embeddings %d",
+                           max_new_tokens, room, config.max_position_embeddings)
+        steps = int(min(max_new_tokens, room))
+    elif steps > room:
         raise ValueError(
-            f"prompt length {longest} + {steps} new tokens exceeds max_position_embeddings "
+            f"prompt length {longest} + {steps} new tokens of the image grid exceeds max_position_embeddings "
             f"{config.max_position_embeddings}"
         )
     if do_sample:

@@ -1,0 +1,142 @@
+"""Generate images from text with Emu3 (text-to-image, the original's image_generation.py).
+
+Examples:
+  python paddlemix/examples/emu3/run_generation_inference.py --model_path BAAI/Emu3-Gen \\
+      --vq_model_path BAAI/Emu3-VisionTokenizer --prompt "a portrait of young girl." --output_dir outputs
+  # a batch with one aspect ratio ("W:H") per prompt, greedy decoding
+  python paddlemix/examples/emu3/run_generation_inference.py --model_path DIR --vq_model_path VQ_DIR \\
+      --prompt "a portrait of young girl." --ratio 1:1 --prompt "a shiba inu" --ratio 16:9 --greedy
+  # small checkpoints in the fixtures' layout (a folder with llm/, vision_tokenizer/, tokenizer/)
+  python paddlemix/examples/emu3/run_generation_inference.py --demo ../shared/fixtures/public --prompt "a cat"
+
+As the official example, each prompt gets the positive suffix " masterpiece, film grained, best quality."
+(--no_positive_prompt turns it off) and classifier-free guidance (--cfg_scale, 3.0) runs against the official
+negative prompt (--negative_prompt to change it; --negative_prompt "" guides against the prompt's last token, as
+transformers does without a negative prompt). Sampling uses top-k 2048 unless --greedy. One PNG per prompt is
+written to --output_dir and its path printed.
+"""
+
+import argparse
+import os
+import sys
+
+from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
+from paddlemix.models.emu3.image_processing_emu3visionvq import Emu3VisionVQImageProcessor
+from paddlemix.models.emu3.modeling_emu3visionvq import Emu3VisionVQModel
+from paddlemix.models.emu3.processing_emu3 import Emu3Processor
+from paddlemix.models.emu3.tokenization_emu3 import Emu3Tokenizer
+
+POSITIVE_PROMPT = " masterpiece, film grained, best quality."
+NEGATIVE_PROMPT = (
+    "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, worst "
+    "quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry."
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", default="BAAI/Emu3-Gen", help="Emu3 generation model folder or hub id")
+    parser.add_argument("--vq_model_path", default="BAAI/Emu3-VisionTokenizer", help="vision tokenizer folder or hub id")
+    parser.add_argument("--tokenizer_path", help="folder with emu3.tiktoken (default: --model_path)")
+    parser.add_argument("--demo", metavar="DIR",
+                        help="a folder with llm/, vision_tokenizer/ and tokenizer/ (the fixtures' layout); "
+                             "sets the three paths above")
+    parser.add_argument("--prompt", action="append", required=True, help="a text prompt (repeatable for a batch)")
+    parser.add_argument("--ratio", action="append",
+                        help='aspect ratio "W:H" (default 1:1); one for all prompts or one per prompt')
+    parser.add_argument("--image_area", type=int, help="pixels of the image (default: the model config's image_area)")
+    parser.add_argument("--height", type=int, help="image height in pixels (with --width, instead of ratio/area)")
+    parser.add_argument("--width", type=int, help="image width in pixels (with --height)")
+    parser.add_argument("--positive_prompt", default=POSITIVE_PROMPT, help="suffix appended to every prompt")
+    parser.add_argument("--no_positive_prompt", action="store_true", help="do not append the positive suffix")
+    parser.add_argument("--negative_prompt", default=NEGATIVE_PROMPT, help="negative prompt for guidance")
+    parser.add_argument("--cfg_scale", type=float, default=3.0, help="classifier-free guidance scale (1: off)")
+    parser.add_argument("--top_k", type=int, default=2048, help="sample from the k most likely tokens")
+    parser.add_argument("--top_p", type=float, help="sample from the smallest set with this probability mass")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--seed", type=int, help="makes sampling reproducible")
+    parser.add_argument("--max_new_tokens", type=int, help="new-token budget (default: exactly the image grid)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                        help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)")
+    parser.add_argument("--output_dir", default="outputs", help="where the PNGs go")
+    args = parser.parse_args(argv)
+    if args.demo:
+        for sub in ("llm", "vision_tokenizer", "tokenizer"):
+            if not os.path.isdir(os.path.join(args.demo, sub)):
+                parser.error(f"--demo {args.demo} has no {sub}/ folder")
+        args.model_path = os.path.join(args.demo, "llm")
+        args.vq_model_path = os.path.join(args.demo, "vision_tokenizer")
+        args.tokenizer_path = os.path.join(args.demo, "tokenizer")
+    if any(not p.strip() for p in args.prompt):
+        parser.error("--prompt must not be empty")
+    if (args.height is None) != (args.width is None):
+        parser.error("give --height and --width together")
+    if args.height is not None:
+        if args.height <= 0 or args.width <= 0:
+            parser.error("--height and --width must be positive")
+        if args.ratio or args.image_area:
+            parser.error("--height/--width replace --ratio and --image_area; give one or the other")
+        args.ratio = [f"{args.width}:{args.height}"]
+        args.image_area = args.height * args.width
+    args.ratio = args.ratio or ["1:1"]
+    if len(args.ratio) not in (1, len(args.prompt)):
+        parser.error(f"got {len(args.ratio)} --ratio for {len(args.prompt)} --prompt: give one, or one per prompt")
+    if args.image_area is not None and args.image_area <= 0:
+        parser.error("--image_area must be positive")
+    if args.max_new_tokens is not None and args.max_new_tokens <= 0:
+        parser.error("--max_new_tokens must be positive")
+    if args.top_k < 0:
+        parser.error("--top_k must be >= 0 (0: no top-k)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tokenizer = Emu3Tokenizer.from_pretrained(args.tokenizer_path or args.model_path, padding_side="left")
+    image_processor = Emu3VisionVQImageProcessor.from_pretrained(args.vq_model_path)
+    vision_tokenizer = Emu3VisionVQModel.from_pretrained(args.vq_model_path, dtype=args.dtype)
+    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
+    processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
+
+    suffix = "" if args.no_positive_prompt else args.positive_prompt
+    texts = [p + suffix for p in args.prompt]
+    ratio = args.ratio if len(args.ratio) > 1 else args.ratio[0]
+    kwargs = dict(mode="G", ratio=ratio, image_area=args.image_area, return_tensors="pd")
+    inputs = processor(texts, **kwargs)
+    negative = None
+    if args.cfg_scale != 1.0 and args.negative_prompt:
+        negative = processor([args.negative_prompt] * len(texts), **kwargs)
+
+    outputs = model.generate(
+        inputs.input_ids,
+        attention_mask=inputs.attention_mask,
+        negative_prompt_ids=negative.input_ids if negative is not None else None,
+        guidance_scale=args.cfg_scale,
+        image_size=inputs.image_size,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=not args.greedy,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        seed=args.seed,
+        progress=True,
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    for i, sequence in enumerate(outputs.numpy()):
+        pieces = processor.decode(sequence)
+        images = [p for p in (pieces if isinstance(pieces, list) else [pieces]) if not isinstance(p, str)]
+        if not images:
+            print(f"prompt {i}: no image was generated", file=sys.stderr)
+            continue
+        path = os.path.join(args.output_dir, f"emu3_t2i_{i:02d}.png")
+        images[0].save(path)
+        print(f"prompt {i} ({args.prompt[i]!r}): wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        sys.exit(f"error: {e}")
