@@ -8,7 +8,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from .tokenization_emu3 import BatchEncoding, ids_to_list, to_tensor
+from .tokenization_emu3 import BatchEncoding, ids_to_array, to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class Emu3Processor:
         """``decode`` of each sequence; images of the same grid size are decoded together in one batch."""
         if hasattr(sequences, "numpy"):
             sequences = sequences.numpy()
-        docs = [self._split_pieces(ids_to_list(ids), skip_special_tokens) for ids in sequences]
+        docs = [self._split_pieces(ids_to_array(ids), skip_special_tokens) for ids in sequences]
         grids = [piece for doc in docs for piece in doc if isinstance(piece, np.ndarray)]
         images = self._decode_grids(grids)
         results = []
@@ -279,12 +279,11 @@ class Emu3Processor:
         return results
 
     def _split_pieces(self, ids, skip_special_tokens):
-        """Text pieces (str) and code grids (np.ndarray) of one id list."""
+        """Text pieces (str) and code grids (np.ndarray) of one id array."""
         tok = self.tokenizer
         if skip_special_tokens:
             text = tok.decode(ids, skip_special_tokens=True)
             return [text] if text else []
-        ids = np.asarray(ids, dtype=np.int64)
         boi, eoi = tok.boi_token_id, tok.eoi_token_id
         pieces, start = [], 0
         for b in np.flatnonzero(ids == boi):

@@ -71,18 +71,18 @@ def to_tensor(array, return_tensors):
     raise ValueError(f"return_tensors must be one of {RETURN_TENSOR_TYPES} or None, got {return_tensors!r}")
 
 
-def ids_to_list(ids):
-    """A flat list of Python ints from an int, a list, a numpy array or a paddle.Tensor of token ids."""
-    if isinstance(ids, (int, np.integer)):
-        return [int(ids)]
+def ids_to_array(ids):
+    """A 1-D int64 numpy array from an int, a list, a numpy array or a paddle.Tensor of token ids."""
     if hasattr(ids, "numpy"):
         ids = ids.numpy()
     array = np.asarray(ids)
-    if array.ndim > 1:
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if array.ndim != 1:
         raise ValueError(f"expected a 1-D sequence of token ids, got shape {list(array.shape)}; use batch_decode")
     if array.size and array.dtype.kind not in "iu":
         raise ValueError(f"token ids must be integers, got dtype {array.dtype}")
-    return array.astype(np.int64).tolist()
+    return array.astype(np.int64)
 
 
 def load_tiktoken_bpe(path):
@@ -273,23 +273,24 @@ class Emu3Tokenizer:
         return [self.convert_tokens_to_ids(token) for token in tokens]
 
     def convert_ids_to_tokens(self, ids):
-        if isinstance(ids, (int, np.integer)):
-            return self._id_to_token[self._check_ids([int(ids)])[0]]
-        return [self._id_to_token[i] for i in self._check_ids(ids_to_list(ids))]
+        """The token (bytes, or str for special tokens) of an id, or a list of them for a sequence of ids."""
+        tokens = [self._id_to_token[i] for i in self._checked_ids(ids).tolist()]
+        return tokens[0] if np.ndim(ids) == 0 else tokens
 
-    def _check_ids(self, ids):
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token ids out of range [0, {self.vocab_size}): {bad[:8]}")
+    def _checked_ids(self, ids):
+        ids = ids_to_array(ids)
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.size:
+            raise ValueError(f"token ids out of range [0, {self.vocab_size}): {bad[:8].tolist()}")
         return ids
 
     def decode(self, token_ids, skip_special_tokens=False, errors=None):
         """Text of ``token_ids``. ``skip_special_tokens`` drops every id >= the ``<|endoftext|>`` id (all special
         and vision tokens). Broken UTF-8 becomes U+FFFD (``errors="replace"``)."""
-        ids = self._check_ids(ids_to_list(token_ids))
+        ids = self._checked_ids(token_ids)
         if skip_special_tokens:
-            ids = [i for i in ids if i < self.eod_id]
-        return self.tokenizer.decode(ids, errors=errors or self.errors)
+            ids = ids[ids < self.eod_id]
+        return self.tokenizer.decode(ids.tolist(), errors=errors or self.errors)
 
     def batch_decode(self, sequences, skip_special_tokens=False, errors=None):
         """``decode`` of each row of a 2-D array/tensor or each sequence of a list."""
