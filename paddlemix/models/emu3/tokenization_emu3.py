@@ -125,9 +125,6 @@ class Emu3Tokenizer:
         bos_token .. eof_token: surface forms of the role tokens.
     """
 
-    vocab_files_names = {"vocab_file": VOCAB_FILE, "special_tokens_file": VISION_TOKENS_FILE}
-    model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
-
     def __init__(
         self,
         vocab_file,
