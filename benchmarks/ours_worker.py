@@ -1,0 +1,237 @@
+"""Our side of the benchmarks: this package on Paddle (CPU), run in the package's environment.
+
+Usage (run.py does this): ``python ours_worker.py JOB.json RESULT.json``. Jobs:
+
+* ``make_weights``: random weights for a config, written by our ``save_pretrained`` in the original key layout.
+* ``map_keys``: {transformers key: original key} through our models' documented ``_map_checkpoint_key``.
+* ``vq``, ``lm``, ``t2i``, ``vqa``, ``memory``: the benchmark cases (the same work as ref_worker.py).
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+
+def model_class(kind):
+    from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
+    from paddlemix.models.emu3.modeling_emu3visionvq import Emu3VisionVQModel
+
+    return {"vq": Emu3VisionVQModel, "lm": Emu3ForCausalLM}[kind]
+
+
+def set_threads(threads):
+    import paddle
+
+    paddle.base.core.set_num_threads(threads)
+
+
+def load(job):
+    return model_class(job["model"]).from_pretrained(job["orig_dir"])
+
+
+def job_make_weights(job):
+    """Weights N(0, 1/fan_in) (fan_in = input features, or in_channels x kernel size), embeddings and the codebook
+    N(0, 1), norm scales 1 + N(0, 0.02), biases N(0, 0.02), BatchNorm statistics mean 0 / variance 1: logits and
+    activations stay in a sane range, so neither side runs into degenerate (NaN, denormal) arithmetic."""
+    import numpy as np
+    import paddle
+    from paddle import nn
+
+    set_threads(job["threads"])
+    cls = model_class(job["model"])
+    config = cls.config_class.from_dict(job["config"])
+    rng = np.random.default_rng(job["seed"])
+    with paddle.LazyGuard():
+        model = cls(config)
+    linear = model._linear_weight_names()
+    embeddings = {f"{p}.weight" for p, layer in model.named_sublayers() if isinstance(layer, nn.Embedding)}
+    for name, param in model.state_dict().items():
+        shape = list(param.shape)
+        if name.endswith("._mean"):
+            arr = np.zeros(shape, np.float32)
+        elif name.endswith("._variance"):
+            arr = np.ones(shape, np.float32)
+        elif name in embeddings:
+            arr = rng.standard_normal(shape, dtype=np.float32)
+        elif name in linear:
+            arr = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(shape[0]))
+        elif len(shape) >= 2:
+            arr = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(np.prod(shape[1:])))
+        elif name.endswith("bias"):
+            arr = 0.02 * rng.standard_normal(shape, dtype=np.float32)
+        else:
+            arr = 1.0 + 0.02 * rng.standard_normal(shape, dtype=np.float32)
+        param.set_value(paddle.to_tensor(arr.astype(str(param.dtype).replace("paddle.", ""))))
+    model.save_pretrained(job["orig_dir"])
+    return {"parameters": int(sum(int(np.prod(p.shape)) for p in model.parameters()))}
+
+
+def job_map_keys(job):
+    cls = model_class(job["model"])
+    mapping = {}
+    for key in job["hf_keys"]:
+        orig = cls._map_checkpoint_key(key)
+        if orig is not None:
+            mapping[key] = orig
+    return {"mapping": mapping}
+
+
+def job_vq(job):
+    """Per size: one untimed encode+decode at that shape (first calls build kernels), then the timed runs."""
+    import paddle
+
+    set_threads(job["threads"])
+    model = load(job)
+    res = {}
+    with paddle.no_grad():
+        for size in job["sizes"]:
+            img = paddle.to_tensor(common.test_image(size))
+            model.decode(model.encode(img))
+            t_enc, codes = common.timed(lambda: model.encode(img).numpy(), job["repeats"])
+            codes_t = paddle.to_tensor(codes)
+            t_dec, _ = common.timed(lambda: model.decode(codes_t).numpy(), job["repeats"])
+            res[f"encode {size}"] = t_enc
+            res[f"decode {size}"] = t_dec
+            res[f"codes {size}"] = codes.flatten().tolist()
+    return res
+
+
+def _generate(model, ids, **kwargs):
+    import paddle
+
+    out = model.generate(paddle.to_tensor(ids, dtype="int64"), progress=False, **kwargs)
+    return out.numpy() if hasattr(out, "numpy") else out
+
+
+def job_lm(job):
+    import numpy as np
+    import paddle
+
+    set_threads(job["threads"])
+    model = load(job)
+    res = {}
+    prefill, prompts = common.lm_prompts(job)
+    with paddle.no_grad():
+        if job["prefill_len"]:
+            ids = paddle.to_tensor(prefill, dtype="int64")
+            model(ids[:, :16])
+            res["prefill"], _ = common.timed(lambda: model(ids).logits[:, -1].numpy(), job["repeats"])
+        for batch in job["decode_batches"]:
+            prompt = prompts[batch]
+
+            def gen(n):
+                return _generate(model, prompt, max_new_tokens=n, do_sample=False)
+
+            gen(2)
+            t1, _ = common.timed(lambda: gen(1), job["repeats"])
+            tn, out = common.timed(lambda: gen(job["decode_steps"] + 1), job["repeats"])
+            steps = out.shape[1] - prompt.shape[1] - 1 if out.shape[1] > prompt.shape[1] else out.shape[1] - 1
+            res[f"decode step b{batch}"] = (tn - t1) / steps
+            res[f"ids b{batch}"] = out[:, prompt.shape[1]:].flatten().tolist()
+    return res
+
+
+def job_t2i(job):
+    set_threads(job["threads"])
+    model = load(job)
+    height, width = job["t2i_grid"]
+    pos = [common.t2i_prompt(job, False)]
+    neg = [common.t2i_prompt(job, True)]
+    res = {}
+    n_tokens = common.grid_tokens(height, width)
+    for mode in job["t2i_modes"]:
+        kwargs = {"do_sample": False} if mode == "greedy" else {"do_sample": True, "top_k": job["top_k"], "seed": 0}
+        t0 = time.perf_counter()
+        out = _generate(
+            model, pos, negative_prompt_ids=_tensor(neg), guidance_scale=job["guidance_scale"],
+            image_size=(height, width), max_new_tokens=n_tokens, **kwargs,
+        )
+        seconds = time.perf_counter() - t0
+        generated = out.shape[1] - len(pos[0])
+        if generated != n_tokens:
+            raise RuntimeError(f"our t2i generated {generated} tokens, expected {n_tokens}")
+        res[f"t2i {mode}"] = seconds
+        res[f"t2i {mode} tokens"] = generated
+        res[f"t2i {mode} ids"] = out[0, len(pos[0]):].tolist()
+    return res
+
+
+def _tensor(ids):
+    import paddle
+
+    return paddle.to_tensor(ids, dtype="int64")
+
+
+def job_vqa(job):
+    set_threads(job["threads"])
+    model = load(job)
+    ids = [common.vqa_prompt(job)]
+    _generate(model, [ids[0][:32]], max_new_tokens=2, do_sample=False)
+    t0 = time.perf_counter()
+    out = _generate(model, ids, max_new_tokens=job["vqa_new_tokens"], do_sample=False)
+    seconds = time.perf_counter() - t0
+    return {"vqa": seconds, "vqa prompt": len(ids[0]), "vqa tokens": out.shape[1] - len(ids[0]),
+            "vqa ids": out[0, len(ids[0]):].tolist()}
+
+
+def job_memory(job):
+    import paddle
+
+    set_threads(job["threads"])
+    cls = model_class(job["model"])
+    base = common.rss_kib("VmRSS")
+    model = cls.from_pretrained(job["orig_dir"])
+    load_peak = common.rss_kib("VmHWM")
+    with paddle.no_grad():
+        model(paddle.arange(16, dtype="int64").unsqueeze(0) % job["text_vocab"])
+    return {
+        "baseline_kib": base,
+        "load_peak_kib": load_peak,
+        "use_peak_kib": common.rss_kib("VmHWM"),
+        "use_rss_kib": common.rss_kib("VmRSS"),
+    }
+
+
+def job_floor(job):
+    """Memory bandwidth of a large numpy copy (bytes read + bytes written per second), best of a few."""
+    import numpy as np
+
+    n = job["floor_bytes"] // 4
+    src = np.ones(n, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(job["repeats"] + 2):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return {"bandwidth": 2 * src.nbytes / best}
+
+
+def run_job(job):
+    import numpy as np
+
+    result = {
+        "make_weights": job_make_weights,
+        "map_keys": job_map_keys,
+        "vq": job_vq,
+        "lm": job_lm,
+        "t2i": job_t2i,
+        "vqa": job_vqa,
+        "memory": job_memory,
+        "floor": job_floor,
+    }[job["job"]](job)
+    versions = {"numpy": np.__version__}
+    if job["job"] != "floor":
+        import paddle
+
+        versions["paddle"] = paddle.__version__
+    result["_versions"] = versions
+    return result
+
+
+if __name__ == "__main__":
+    common.main_worker(run_job)

@@ -1,0 +1,425 @@
+"""Benchmarks of this package against the PyTorch reference (transformers' Emu3 port), side by side.
+
+    python benchmarks/run.py --suite all            # full run; needs the reference venv (setup_reference.sh)
+    python benchmarks/run.py --suite all --smoke    # tiny configs, our side only, under a minute (CI)
+    python benchmarks/run.py --suite vq --threads 2
+
+Every case runs in a fresh subprocess per side, with the same thread count (OMP/MKL env, paddle's and torch's
+set_num_threads) and the same random weights: written once by our ``save_pretrained`` in the original key layout
+(benchmarks/.work/weights), and handed to the reference through the transformers <-> original key mapping our
+models document (``_map_checkpoint_key``). The table (case, ours, reference, gain, target) is printed and, for full
+runs, appended to benchmarks/RESULTS.md as a dated section with the exact command. No timing is asserted.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WORK = os.path.join(HERE, ".work")
+REF_PYTHON = os.path.join(HERE, ".ref_venv", "bin", "python")
+SUITES = ("vq", "lm", "t2i", "vqa", "memory", "floor")
+
+
+def lm_config(vocab_size, codebook_size, hidden, layers, heads, kv_heads, intermediate, max_pos):
+    """An Emu3 LM config (original field names) whose last `codebook_size` ids are visual tokens, preceded by the
+    special tokens, preceded by ordinary text ids."""
+    eoi = vocab_size - codebook_size - 1
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": max_pos,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 1000000.0,
+        "rope_scaling": None,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": False,
+        "pad_token_id": eoi - 7,
+        "eol_token_id": eoi - 6,
+        "eof_token_id": eoi - 5,
+        "bos_token_id": eoi - 4,
+        "eos_token_id": eoi - 3,
+        "img_token_id": eoi - 2,
+        "boi_token_id": eoi - 1,
+        "eoi_token_id": eoi,
+    }
+
+
+def vq_config(codebook_size, ch, ch_mult, num_res_blocks, attn_resolutions):
+    return {
+        "codebook_size": codebook_size,
+        "embed_dim": 4,
+        "z_channels": 4,
+        "double_z": False,
+        "in_channels": 3,
+        "out_channels": 3,
+        "temporal_downsample_factor": 4,
+        "ch": ch,
+        "ch_mult": ch_mult,
+        "num_res_blocks": num_res_blocks,
+        "attn_resolutions": attn_resolutions,
+        "dropout": 0.0,
+    }
+
+
+FULL = {
+    "vq": vq_config(32768, 64, [1, 2, 2, 4], 2, [3]),
+    "lm": lm_config(40000, 32768, 512, 8, 8, 2, 1376, 4096),
+    "memory_lm": lm_config(40000, 32768, 2048, 8, 16, 4, 5632, 4096),
+    "params": {
+        "vq_sizes": [256, 512], "repeats": 3, "vq_repeats": 1,
+        "prefill_len": 1024, "decode_prompt_len": 128, "decode_steps": 64, "decode_batches": [1, 2],
+        "t2i_grid": [32, 32], "t2i_prompt_len": 20, "top_k": 2048, "guidance_scale": 3.0,
+        "vqa_grid": [32, 32], "vqa_question_len": 10, "vqa_new_tokens": 64,
+        "floor_bytes": 512 * 1024**2,
+    },
+}
+SMOKE = {
+    "vq": vq_config(512, 32, [1, 2], 1, [1]),
+    "lm": lm_config(1000, 512, 64, 2, 4, 2, 160, 512),
+    "memory_lm": lm_config(1000, 512, 256, 2, 4, 2, 512, 512),
+    "params": {
+        "vq_sizes": [32], "repeats": 2, "vq_repeats": 2,
+        "prefill_len": 64, "decode_prompt_len": 8, "decode_steps": 8, "decode_batches": [1, 2],
+        "t2i_grid": [4, 4], "t2i_prompt_len": 6, "top_k": 64, "guidance_scale": 3.0,
+        "vqa_grid": [4, 4], "vqa_question_len": 4, "vqa_new_tokens": 8,
+        "floor_bytes": 64 * 1024**2,
+    },
+}
+
+# (row label, target text, check(ours, ref) -> bool) for the rows the issue sets targets on
+TARGETS = {
+    "VQ encode+decode": ("gain >= 3x", lambda gain, ours: gain >= 3.0),
+    "t2i greedy tokens/s": ("gain >= 3x", lambda gain, ours: gain >= 3.0),
+    "t2i top-k tokens/s": ("gain >= 3x", lambda gain, ours: gain >= 3.0),
+    "decode step b1 / floor": ("ours <= 1.3", lambda gain, ours: ours <= 1.3),
+    "peak RSS loading / ckpt": ("ours <= 1.2", lambda gain, ours: ours <= 1.2),
+    "VQA": ("gain >= 1.2x", lambda gain, ours: gain >= 1.2),
+}
+
+
+class Runner:
+    def __init__(self, args, configs):
+        self.args = args
+        self.configs = configs
+        self.params = configs["params"]
+        self.reference = args.reference
+        self.rows = []
+        self.versions = {}
+        self.failed = []
+        self.cache = {}
+        self.lm_done = None
+        self.checks = []
+        os.makedirs(os.path.join(WORK, "logs"), exist_ok=True)
+
+    # ------------------------------------------------------------------ subprocesses
+    def call(self, side, job):
+        """Run one job in a fresh worker process of `side` ("ours" or "ref"); its JSON result, or None on error."""
+        python = sys.executable if side == "ours" else REF_PYTHON
+        script = os.path.join(HERE, "ours_worker.py" if side == "ours" else "ref_worker.py")
+        job = dict(job, threads=self.args.threads)
+        tag = f"{side}-{job['job']}-{job.get('name', '')}".rstrip("-")
+        job_path = os.path.join(WORK, "logs", f"{tag}.job.json")
+        out_path = os.path.join(WORK, "logs", f"{tag}.result.json")
+        log_path = os.path.join(WORK, "logs", f"{tag}.log")
+        with open(job_path, "w", encoding="utf-8") as f:
+            json.dump(job, f, indent=1)
+        if os.path.exists(out_path):
+            os.remove(out_path)
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(self.args.threads)
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        t0 = time.perf_counter()
+        with open(log_path, "w", encoding="utf-8") as log:
+            proc = subprocess.run([python, script, job_path, out_path], stdout=log, stderr=subprocess.STDOUT, env=env)
+        took = time.perf_counter() - t0
+        if proc.returncode != 0 or not os.path.exists(out_path):
+            with open(log_path, "r", encoding="utf-8", errors="replace") as f:
+                tail = f.read()[-2000:]
+            print(f"[{tag}] FAILED (exit {proc.returncode}, {took:.0f} s); log {log_path}:\n{tail}", flush=True)
+            self.failed.append(tag)
+            return None
+        print(f"[{tag}] done in {took:.1f} s", flush=True)
+        with open(out_path, "r", encoding="utf-8") as f:
+            result = json.load(f)
+        self.versions.update(result.pop("_versions", {}))
+        return result
+
+    # ------------------------------------------------------------------ weights
+    def weights(self, model, name):
+        """Original-layout weights for configs[name] (made once, cached by config hash) and, with the reference,
+        the transformers-layout folder derived from them. Returns (orig_dir, hf_dir or None)."""
+        if name in self.cache:
+            return self.cache[name]
+        config = self.configs[name]
+        digest = hashlib.sha1(json.dumps([model, config, 0], sort_keys=True).encode()).hexdigest()[:10]
+        base = os.path.join(WORK, "weights", f"{name}-{digest}")
+        orig_dir, hf_dir = os.path.join(base, "orig"), os.path.join(base, "hf")
+        done = os.path.join(orig_dir, ".complete")
+        if not os.path.exists(done):
+            if self.call("ours", {"job": "make_weights", "name": name, "model": model, "config": config,
+                                  "orig_dir": orig_dir, "seed": 0}) is None:
+                self.cache[name] = (None, None)
+                return self.cache[name]
+            open(done, "w").close()
+        if not self.reference:
+            self.cache[name] = (orig_dir, None)
+            return self.cache[name]
+        hf_done = os.path.join(hf_dir, ".complete")
+        if not os.path.exists(hf_done):
+            keys = self.call("ref", {"job": "hf_keys", "name": name, "model": model, "config": config})
+            mapped = keys and self.call("ours", {"job": "map_keys", "name": name, "model": model,
+                                                  "hf_keys": sorted(keys["keys"])})
+            converted = mapped and self.convert(model, name, config, keys["keys"], mapped["mapping"], orig_dir, hf_dir)
+            if not converted:
+                self.cache[name] = (orig_dir, None)
+                return self.cache[name]
+            open(hf_done, "w").close()
+        self.cache[name] = (orig_dir, hf_dir)
+        return self.cache[name]
+
+    def convert(self, model, name, config, hf_shapes, mapping, orig_dir, hf_dir):
+        unmapped = sorted(set(hf_shapes) - set(mapping))
+        if unmapped:
+            print(f"[{name}] our key mapping does not cover transformers keys {unmapped[:10]}", flush=True)
+            self.failed.append(f"map-{name}")
+            return None
+        return self.call("ref", {"job": "convert", "name": name, "model": model, "config": config,
+                                 "mapping": mapping, "hf_shapes": hf_shapes, "orig_dir": orig_dir, "hf_dir": hf_dir})
+
+    def both(self, job, model, name):
+        """Run a case job on both sides: (ours result or None, reference result or None)."""
+        orig_dir, hf_dir = self.weights(model, name)
+        if orig_dir is None:
+            return None, None
+        job = dict(job, name=name, model=model, config=self.configs[name], orig_dir=orig_dir, hf_dir=hf_dir)
+        job.update(self.lm_ids(name) if model == "lm" else {})
+        ours = self.call("ours", job)
+        ref = self.call("ref", job) if self.reference and hf_dir else None
+        return ours, ref
+
+    def lm_ids(self, name):
+        c = self.configs[name]
+        codebook = c["vocab_size"] - c["eoi_token_id"] - 1
+        return {"lm_config": c, "first_visual_id": c["eoi_token_id"] + 1, "codebook_size": codebook,
+                "text_vocab": c["pad_token_id"]}
+
+    # ------------------------------------------------------------------ table
+    def add(self, label, ours, ref, unit, higher_better=False, fmt="{:.3f}"):
+        gain = None
+        if ours is not None and ref is not None and ours > 0 and ref > 0:
+            gain = ours / ref if higher_better else ref / ours
+        self.rows.append((label, ours, ref, unit, gain, fmt))
+
+    def parity(self, label, ours, ref, key):
+        """Same weights, same input: how many of the tokens/codes both sides produce are identical."""
+        if ours is None or ref is None or key not in ours or key not in ref:
+            return
+        a, b = ours[key], ref[key]
+        same = sum(x == y for x, y in zip(a, b))
+        self.checks.append(f"{label}: {same}/{max(len(a), len(b))} identical")
+
+    def get(self, result, key, scale=1.0):
+        return None if result is None or key not in result else result[key] * scale
+
+    # ------------------------------------------------------------------ suites
+    def suite_vq(self):
+        p = self.params
+        ours, ref = self.both({"job": "vq", "sizes": p["vq_sizes"], "repeats": p["vq_repeats"]}, "vq", "vq")
+        for size in p["vq_sizes"]:
+            for what in ("encode", "decode"):
+                self.add(f"VQ {what} {size}x{size}", self.get(ours, f"{what} {size}"), self.get(ref, f"{what} {size}"), "s")
+            both = [None if r is None else r[f"encode {size}"] + r[f"decode {size}"] for r in (ours, ref)]
+            self.add(f"VQ encode+decode {size}x{size}", both[0], both[1], "s")
+            self.parity(f"VQ codes {size}x{size}", ours, ref, f"codes {size}")
+
+    def lm_results(self, batches, prefill=True):
+        """The LM job's (ours, ref) results, run once per invocation (the floor suite reuses the lm suite's)."""
+        p = self.params
+        if self.lm_done is None or not set(batches) <= set(self.lm_done[0]):
+            job = {"job": "lm", "prefill_len": p["prefill_len"] if prefill else 0, "repeats": p["repeats"],
+                   "decode_prompt_len": p["decode_prompt_len"], "decode_steps": p["decode_steps"],
+                   "decode_batches": batches}
+            self.lm_done = (batches,) + self.both(job, "lm", "lm")
+        return self.lm_done[1:]
+
+    def suite_lm(self):
+        p = self.params
+        ours, ref = self.lm_results(p["decode_batches"])
+        self.add(f"LM prefill {p['prefill_len']} tokens", self.get(ours, "prefill"), self.get(ref, "prefill"), "s")
+        for b in p["decode_batches"]:
+            self.add(f"LM decode step b{b}", self.get(ours, f"decode step b{b}", 1e3),
+                     self.get(ref, f"decode step b{b}", 1e3), "ms", fmt="{:.2f}")
+            tps = [None if r is None else b / r[f"decode step b{b}"] for r in (ours, ref)]
+            self.add(f"LM decode tokens/s b{b}", tps[0], tps[1], "tok/s", higher_better=True, fmt="{:.1f}")
+            self.parity(f"LM greedy ids b{b}", ours, ref, f"ids b{b}")
+
+    def suite_t2i(self):
+        p = self.params
+        modes = ["greedy", "top-k"]
+        ours, ref = self.both({"job": "t2i", "t2i_grid": p["t2i_grid"], "t2i_prompt_len": p["t2i_prompt_len"],
+                               "guidance_scale": p["guidance_scale"], "top_k": p["top_k"], "t2i_modes": modes},
+                              "lm", "lm")
+        h, w = p["t2i_grid"]
+        for mode in modes:
+            label = f"t2i {mode}"
+            self.add(f"{label} {h}x{w} s/image", self.get(ours, label), self.get(ref, label), "s", fmt="{:.2f}")
+            tps = [None if r is None else r[f"{label} tokens"] / r[label] for r in (ours, ref)]
+            self.add(f"{label} tokens/s", tps[0], tps[1], "tok/s", higher_better=True, fmt="{:.1f}")
+        self.parity("t2i greedy ids", ours, ref, "t2i greedy ids")
+
+    def suite_vqa(self):
+        p = self.params
+        ours, ref = self.both({"job": "vqa", "vqa_grid": p["vqa_grid"], "vqa_question_len": p["vqa_question_len"],
+                               "vqa_new_tokens": p["vqa_new_tokens"]}, "lm", "lm")
+        any_r = ours or ref
+        prompt = any_r["vqa prompt"] if any_r else "?"
+        self.add(f"VQA {prompt}-token prompt + {p['vqa_new_tokens']} new", self.get(ours, "vqa"), self.get(ref, "vqa"),
+                 "s")
+        self.parity("VQA greedy ids", ours, ref, "vqa ids")
+
+    def suite_memory(self):
+        orig_dir, _ = self.weights("lm", "memory_lm")
+        if orig_dir is None:
+            return
+        size = os.path.getsize(os.path.join(orig_dir, "model.safetensors"))
+        ours, ref = self.both({"job": "memory"}, "lm", "memory_lm")
+        self.add("checkpoint size", size / 1e9, size / 1e9 if ref else None, "GB")
+        for key, label in (("baseline_kib", "RSS after imports"),):
+            self.add(label, self.get(ours, key, 1024 / 1e9), self.get(ref, key, 1024 / 1e9), "GB")
+        for key, label in (("load_peak_kib", "peak RSS loading"), ("use_peak_kib", "peak RSS after first use")):
+            net = [None if r is None else (r[key] - r["baseline_kib"]) * 1024 / size for r in (ours, ref)]
+            self.add(f"{label} / ckpt", net[0], net[1], "x ckpt", fmt="{:.2f}")
+
+    def suite_floor(self):
+        p = self.params
+        bw = self.call("ours", {"job": "floor", "floor_bytes": p["floor_bytes"], "repeats": p["repeats"]})
+        orig_dir, _ = self.weights("lm", "lm")
+        if bw is None or orig_dir is None:
+            return
+        step_bytes = weight_bytes(os.path.join(orig_dir, "model.safetensors"), exclude=("model.embed_tokens.weight",))
+        floor = step_bytes / bw["bandwidth"]
+        self.add("memory bandwidth (numpy copy, read+write)", bw["bandwidth"] / 1e9, None, "GB/s", fmt="{:.1f}")
+        self.add(f"decode-step floor ({step_bytes / 1e6:.0f} MB of weights)", floor * 1e3, None, "ms", fmt="{:.2f}")
+        ours, ref = self.lm_results([1], prefill=False)
+        ratio = [None if r is None else r["decode step b1"] / floor for r in (ours, ref)]
+        self.add("decode step b1 / floor", ratio[0], ratio[1], "x floor", fmt="{:.2f}")
+
+
+def weight_bytes(path, exclude=()):
+    """Bytes of the tensors of a safetensors file, from its header, leaving out the named keys."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
+               if k != "__metadata__" and k not in exclude)
+
+
+def fmt_value(v, fmt):
+    return "n/a" if v is None else fmt.format(v)
+
+
+def table(runner, judge):
+    lines = ["| case | ours | reference | unit | gain (>1: ours better) | target |",
+             "|---|---:|---:|---|---:|---|"]
+    for label, ours, ref, unit, gain, fmt in runner.rows:
+        target = ""
+        for prefix, (text, check) in TARGETS.items():
+            if not judge:
+                continue
+            if label.startswith(prefix) and ours is not None and (gain is not None or "floor" in prefix or "RSS" in prefix):
+                target = f"{text}: {'met' if check(gain or 0.0, ours) else 'NOT met'}"
+        lines.append(f"| {label} | {fmt_value(ours, fmt)} | {fmt_value(ref, fmt)} | {unit} | "
+                     f"{'' if gain is None else f'{gain:.2f}x'} | {target} |")
+    return "\n".join(lines)
+
+
+def machine():
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", "r", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo", "r", encoding="utf-8") as f:
+            mem = int(f.readline().split()[1]) / 1024**2
+    except OSError:
+        mem = float("nan")
+    return f"{model}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="all", choices=("all",) + SUITES, help="which cases to run")
+    parser.add_argument("--smoke", action="store_true", help="tiny configs (seconds); our side only by default")
+    parser.add_argument("--with-reference", action="store_true", help="smoke mode: also run the reference")
+    parser.add_argument("--no-reference", action="store_true", help="full mode: run our side only")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both sides")
+    parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"),
+                        help="markdown file the table is appended to (full runs; smoke runs only with --write)")
+    parser.add_argument("--write", action="store_true", help="smoke mode: append the table to --results too")
+    args = parser.parse_args()
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    want_ref = args.with_reference if args.smoke else not args.no_reference
+    if want_ref and not os.path.exists(REF_PYTHON):
+        if not args.smoke:
+            parser.error(f"the reference venv is missing ({REF_PYTHON}): run `bash benchmarks/setup_reference.sh` "
+                         "first, or pass --no-reference")
+        print(f"reference venv missing ({REF_PYTHON}): running our side only", flush=True)
+        want_ref = False
+    args.reference = want_ref
+    runner = Runner(args, SMOKE if args.smoke else FULL)
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t0 = time.perf_counter()
+    for suite in suites:
+        print(f"== suite {suite}", flush=True)
+        getattr(runner, f"suite_{suite}")()
+    elapsed = time.perf_counter() - t0
+    versions = dict(python=platform.python_version(), **runner.versions)
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    header = [
+        f"## {started:%Y-%m-%d %H:%M} UTC: `{command}`",
+        "",
+        f"- machine: {machine()}",
+        f"- threads: {args.threads} on both sides; float32, CPU",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
+        f"- configs: {'smoke (tiny)' if args.smoke else 'full'}; reference: "
+        f"{'transformers Emu3 on PyTorch' if args.reference else 'not run (our side only)'}; wall time {elapsed:.0f} s",
+    ]
+    if runner.checks:
+        header.append(f"- same output on both sides (greedy/argmax, float32): {'; '.join(runner.checks)}")
+    if runner.failed:
+        header.append(f"- FAILED jobs: {', '.join(runner.failed)} (logs in benchmarks/.work/logs)")
+    if args.smoke:
+        header.append("- smoke configs are tiny: the numbers only show that every case runs; targets are not judged")
+    text = "\n".join(header) + "\n\n" + table(runner, judge=not args.smoke) + "\n"
+    print("\n" + text)
+    if not args.smoke or args.write:
+        new = not os.path.exists(args.results)
+        with open(args.results, "a", encoding="utf-8") as f:
+            if new:
+                f.write("# Benchmark results\n\nAppended by `benchmarks/run.py`; newest last.\n")
+            f.write("\n" + text)
+        print(f"appended to {args.results}")
+    sys.exit(1 if runner.failed else 0)
+
+
+if __name__ == "__main__":
+    main()
