@@ -228,7 +228,11 @@ def run_job(job):
     if job["job"] != "floor":
         import paddle
 
+        from paddlemix import ops
+
         versions["paddle"] = paddle.__version__
+        cpu_ops = ops.report()["cpu"]
+        versions["paddlemix ops (CPU)"] = ", ".join(f"{k}: {v}" for k, v in sorted(cpu_ops.items()))
     result["_versions"] = versions
     return result
 

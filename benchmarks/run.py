@@ -143,6 +143,8 @@ class Runner:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(self.args.threads)
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if side == "ours":
+            env.update(self.args.ours_env)
         t0 = time.perf_counter()
         with open(log_path, "w", encoding="utf-8") as log:
             proc = subprocess.run([python, script, job_path, out_path], stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -373,9 +375,15 @@ def main():
     parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"),
                         help="markdown file the table is appended to (full runs; smoke runs only with --write)")
     parser.add_argument("--write", action="store_true", help="smoke mode: append the table to --results too")
+    parser.add_argument("--ours-env", action="append", default=[], metavar="VAR=VALUE",
+                        help="an environment variable for our side only (e.g. PADDLEMIX_DISABLE_EXT_OPS=1); repeatable")
     args = parser.parse_args()
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    bad = [item for item in args.ours_env if "=" not in item or not item.split("=", 1)[0]]
+    if bad:
+        parser.error(f"--ours-env takes VAR=VALUE, got {bad}")
+    args.ours_env = dict(item.split("=", 1) for item in args.ours_env)
     want_ref = args.with_reference if args.smoke else not args.no_reference
     if want_ref and not os.path.exists(REF_PYTHON):
         if not args.smoke:
@@ -398,7 +406,8 @@ def main():
         f"## {started:%Y-%m-%d %H:%M} UTC: `{command}`",
         "",
         f"- machine: {machine()}",
-        f"- threads: {args.threads} on both sides; float32, CPU",
+        f"- threads: {args.threads} on both sides; float32, CPU"
+        + (f"; our side's extra environment: {args.ours_env}" if args.ours_env else ""),
         f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
         f"- configs: {'smoke (tiny)' if args.smoke else 'full'}; reference: "
         f"{'transformers Emu3 on PyTorch' if args.reference else 'not run (our side only)'}; wall time {elapsed:.0f} s",
