@@ -140,8 +140,8 @@ class Emu3VisionVQTemporalUpsample(nn.Layer):
 class Emu3VisionVQSpatialNorm(nn.Layer):
     """GroupNorm of x, then scaled and shifted by 1x1 convolutions of the quantized latent zq.
 
-    zq is resized to x's size by nearest neighbour; x's size is an integer multiple of zq's, and a 1x1 convolution
-    commutes with that repetition, so conv_y/conv_b run on the small zq and are broadcast over each block of pixels.
+    zq is resized to x's size by nearest neighbour. A 1x1 convolution commutes with that resizing, so conv_y and
+    conv_b run (as one convolution) on the small zq and their outputs are resized instead.
     """
 
     def __init__(self, channels, zq_channels):
@@ -151,15 +151,12 @@ class Emu3VisionVQSpatialNorm(nn.Layer):
         self.conv_b = nn.Conv2D(zq_channels, channels, 1)
 
     def forward(self, x, zq):
-        n, c, height, width = x.shape
-        h, w = zq.shape[-2:]
-        sy, sx = height // h, width // w
-        if sy * h != height or sx * w != width:
-            raise ValueError(f"feature map {height}x{width} is not a whole multiple of the latent {h}x{w}")
-        scale = self.conv_y(zq).reshape([n, c, h, 1, w, 1])
-        shift = self.conv_b(zq).reshape([n, c, h, 1, w, 1])
-        x = self.norm_layer(x).reshape([n, c, h, sy, w, sx])
-        return (x * scale + shift).reshape([n, c, height, width])
+        c = x.shape[1]
+        weight = paddle.concat([self.conv_y.weight, self.conv_b.weight])
+        bias = paddle.concat([self.conv_y.bias, self.conv_b.bias])
+        scale_shift = F.interpolate(F.conv2d(zq, weight, bias), size=x.shape[-2:], mode="nearest")
+        scale, shift = paddle.split(scale_shift, [c, c], axis=1)
+        return self.norm_layer(x) * scale + shift
 
 
 class Emu3VisionVQResnetBlock(nn.Layer):
