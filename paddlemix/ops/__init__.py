@@ -1,50 +1,133 @@
 """Fused ops used by the Emu3 models, each through one function.
 
 Each function calls the compiled extension ``paddlemix_ops`` (built by ``external_ops/setup.py``) when it can be
-imported and supports the op on the tensor's device, and the pure-Paddle implementation in ``fallback.py``
+imported and supports the op on the tensor's device and dtype, and the pure-Paddle implementation in ``fallback.py``
 otherwise. ``PADDLEMIX_DISABLE_EXT_OPS=1`` forces the fallback. Which one is active is logged once.
+
+The extension has no backward pass: while gradients are being recorded for an input, the fallback runs.
+On CPU the extension is used only for the ops measured faster than their fallback (``CPU_EXT_OPS``; the numbers
+are in benchmarks/RESULTS.md, produced by benchmarks/bench_ops.py).
 """
 
 import logging
 import os
 
+import paddle
+
 from . import fallback
 
 logger = logging.getLogger(__name__)
 
+# ops whose CPU kernel is used by default (each measured faster than its fallback by benchmarks/bench_ops.py)
+CPU_EXT_OPS = frozenset({"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample"})
+_GPU_DTYPES = (paddle.float32, paddle.bfloat16, paddle.float16)
+
 _EXT = None
 _EXT_CHECKED = False
+_EXT_CUDA = False
 
 
 def extension():
     """The compiled extension module, or None (not built, or disabled by PADDLEMIX_DISABLE_EXT_OPS=1)."""
-    global _EXT, _EXT_CHECKED
+    global _EXT, _EXT_CHECKED, _EXT_CUDA
     if not _EXT_CHECKED:
         _EXT_CHECKED = True
         if os.environ.get("PADDLEMIX_DISABLE_EXT_OPS", "0") not in ("", "0"):
             logger.info("paddlemix ops: PADDLEMIX_DISABLE_EXT_OPS is set, using the pure-Paddle fallback")
         else:
             try:
-                import paddlemix_ops as ext  # noqa: F401
-
-                _EXT = ext
-                logger.info("paddlemix ops: using the compiled extension %s", getattr(ext, "__file__", ext))
+                import paddlemix_ops as ext
             except ImportError:
                 logger.info("paddlemix ops: extension not built (see external_ops/README.md), using the fallback")
+            else:
+                _EXT = ext
+                _EXT_CUDA = bool(int(ext.pmx_build_info(paddle.zeros([1])).numpy()[0]))
+                logger.info(
+                    "paddlemix ops: using the compiled extension %s (CUDA kernels: %s)",
+                    getattr(ext, "__file__", ext),
+                    "yes" if _EXT_CUDA else "no",
+                )
     return _EXT
 
 
+def report():
+    """A dict saying, for each op, what runs on CPU and on GPU: 'extension' or 'fallback'."""
+    ext = extension()
+    ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample")
+    return {
+        "extension": getattr(ext, "__file__", None) if ext is not None else None,
+        "cpu": {op: "extension" if ext is not None and op in CPU_EXT_OPS else "fallback" for op in ops},
+        "gpu": {op: "extension" if ext is not None and _EXT_CUDA else "fallback" for op in ops},
+    }
+
+
+def _use_ext(op, tensors, dtypes):
+    """Whether the extension can run `op` on these tensors (device, dtype, no gradient wanted)."""
+    if extension() is None:
+        return False
+    x = tensors[0]
+    if paddle.is_grad_enabled() and not all(t.stop_gradient for t in tensors):
+        return False
+    if x.place.is_cpu_place():
+        return op in CPU_EXT_OPS and all(t.dtype == paddle.float32 for t in dtypes)
+    if x.place.is_gpu_place():
+        return _EXT_CUDA and all(t.dtype == x.dtype for t in dtypes) and x.dtype in _GPU_DTYPES
+    return False
+
+
+def _tensor_on(x, dtype, place):
+    """x (tensor, array or list) as a tensor of `dtype` on `place`."""
+    if not isinstance(x, paddle.Tensor):
+        return paddle.to_tensor(x, dtype=dtype, place=place)
+    x = x.astype(dtype)
+    return x if x.place._equals(place) else x._copy_to(place, True)
+
+
 def rms_norm(x, weight, eps):
+    if _use_ext("rms_norm", [x, weight], [x, weight]):
+        return _EXT.pmx_rms_norm(x, weight, float(eps))
     return fallback.rms_norm(x, weight, eps)
 
 
 def rotary_embedding(q, k, position_ids, inv_freq):
+    if _use_ext("rotary_embedding", [q, k], [q, k]) and q.shape[-1] % 2 == 0:
+        return tuple(
+            _EXT.pmx_rotary_embedding(q, k, position_ids.astype("int64"), inv_freq.astype("float32"))
+        )
     return fallback.rotary_embedding(q, k, position_ids, inv_freq)
 
 
 def vq_nearest(latents, codebook):
+    z, e = latents.astype("float32"), codebook.astype("float32")
+    if _use_ext("vq_nearest", [z, e], [z, e]):
+        return _EXT.pmx_vq_nearest(z, e)
     return fallback.vq_nearest(latents, codebook)
 
 
 def cfg_sample(cond_logits, uncond_logits, guidance_scale, allowed, top_k, top_p, temperature, random):
-    return fallback.cfg_sample(cond_logits, uncond_logits, guidance_scale, allowed, top_k, top_p, temperature, random)
+    guide = uncond_logits is not None and guidance_scale is not None and guidance_scale != 1
+    tensors = [cond_logits, uncond_logits] if guide else [cond_logits]
+    if not _use_ext("cfg_sample", tensors, tensors):
+        return fallback.cfg_sample(
+            cond_logits, uncond_logits, guidance_scale, allowed, top_k, top_p, temperature, random
+        )
+    batch, vocab = cond_logits.shape
+    place = cond_logits.place
+    allowed = _tensor_on(allowed if allowed is not None else [[0, vocab]] * batch, "int64", place).reshape([batch, 2])
+    uniforms = _tensor_on(random if random is not None else [0.0] * batch, "float32", place)
+    use_top_p = top_p is not None and top_p < 1.0
+    use_temperature = random is not None and temperature is not None and temperature != 1.0
+    return _EXT.pmx_cfg_sample(
+        cond_logits,
+        uncond_logits if guide else cond_logits,
+        allowed,
+        uniforms.reshape([batch]),
+        guide,
+        float(guidance_scale) if guide else 1.0,
+        random is None,
+        int(top_k) if top_k is not None and top_k > 0 else 0,
+        use_top_p,
+        float(1.0 - top_p) if use_top_p else 0.0,
+        use_temperature,
+        float(temperature) if use_temperature else 1.0,
+    )

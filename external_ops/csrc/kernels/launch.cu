@@ -1,0 +1,118 @@
+// Host launchers of the kernels in ops.cuh (plain CUDA, no Paddle includes).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "launch.h"
+#include "ops.cuh"
+
+namespace pmx {
+namespace {
+
+int cfg_chunks(int64_t vocab) { return static_cast<int>(std::min<int64_t>(64, (vocab + 2047) / 2048)); }
+
+int vq_segments(int64_t n, int64_t k) {
+  // enough blocks to fill the card: about 4 per SM on a large GPU
+  const int64_t row_blocks = (n + 511) / 512;
+  int64_t seg = (528 + row_blocks - 1) / row_blocks;
+  seg = std::max<int64_t>(1, std::min<int64_t>(seg, (k + 1023) / 1024));
+  return static_cast<int>(seg);
+}
+
+}  // namespace
+
+void rms_norm_cuda(const void* x, const void* w, void* y, int64_t rows, int64_t hidden, float eps, DType dtype,
+                   void* stream) {
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int threads = hidden >= 4096 ? 512 : 256;
+  const int h = static_cast<int>(hidden);
+  if (dtype == kFloat32)
+    pmx_rms_norm_f32<<<rows, threads, 0, s>>>((const float*)x, (const float*)w, (float*)y, rows, h, eps);
+  else if (dtype == kBFloat16)
+    pmx_rms_norm_bf16<<<rows, threads, 0, s>>>((const __nv_bfloat16*)x, (const __nv_bfloat16*)w, (__nv_bfloat16*)y,
+                                               rows, h, eps);
+  else
+    pmx_rms_norm_f16<<<rows, threads, 0, s>>>((const __half*)x, (const __half*)w, (__half*)y, rows, h, eps);
+}
+
+void rotary_embedding_cuda(const void* q, const void* k, const int64_t* pos, const float* inv_freq, void* q_out,
+                           void* k_out, int64_t tokens, int64_t q_heads, int64_t k_heads, int64_t dim, DType dtype,
+                           void* stream) {
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int threads = 256;
+  const size_t smem = sizeof(float) * dim;
+  const int hq = (int)q_heads, hk = (int)k_heads, d = (int)dim;
+  const pmx_i64* p = reinterpret_cast<const pmx_i64*>(pos);
+  if (dtype == kFloat32)
+    pmx_rotary_f32<<<tokens, threads, smem, s>>>((const float*)q, (const float*)k, p, inv_freq, (float*)q_out,
+                                                 (float*)k_out, hq, hk, d);
+  else if (dtype == kBFloat16)
+    pmx_rotary_bf16<<<tokens, threads, smem, s>>>((const __nv_bfloat16*)q, (const __nv_bfloat16*)k, p, inv_freq,
+                                                  (__nv_bfloat16*)q_out, (__nv_bfloat16*)k_out, hq, hk, d);
+  else
+    pmx_rotary_f16<<<tokens, threads, smem, s>>>((const __half*)q, (const __half*)k, p, inv_freq, (__half*)q_out,
+                                                 (__half*)k_out, hq, hk, d);
+}
+
+size_t vq_nearest_workspace_bytes(int64_t n, int64_t k) {
+  const int seg = vq_segments(n, k);
+  return sizeof(float) * k + (sizeof(float) + sizeof(int)) * static_cast<size_t>(seg) * n;
+}
+
+void vq_nearest_cuda(const float* z, const float* codebook, int64_t* out, int64_t n, int64_t k, int64_t c,
+                     void* workspace, void* stream) {
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int seg = vq_segments(n, k);
+  const int seg_len = static_cast<int>((k + seg - 1) / seg);
+  float* ee = static_cast<float*>(workspace);
+  float* best_d = ee + k;
+  int* best_i = reinterpret_cast<int*>(best_d + static_cast<size_t>(seg) * n);
+  pmx_vq_norms<<<(k + 255) / 256, 256, 0, s>>>(codebook, ee, (int)k, (int)c);
+  if (c == 4) {
+    const dim3 grid((unsigned)((n + 511) / 512), (unsigned)seg);
+    pmx_vq_partial_c4<<<grid, pmx_cuda::VQ_THREADS, 0, s>>>(z, codebook, ee, best_d, best_i, (int)n, (int)k, seg_len);
+  } else {
+    const dim3 grid((unsigned)((n + 127) / 128), (unsigned)seg);
+    pmx_vq_partial_generic<<<grid, 128, 0, s>>>(z, codebook, ee, best_d, best_i, (int)n, (int)k, (int)c, seg_len);
+  }
+  pmx_vq_merge<<<(n + 255) / 256, 256, 0, s>>>(best_d, best_i, reinterpret_cast<pmx_i64*>(out), (int)n, seg);
+}
+
+size_t cfg_sample_workspace_bytes(int64_t batch, int64_t vocab) {
+  return sizeof(float) * 4 * static_cast<size_t>(batch) * cfg_chunks(vocab);
+}
+
+void cfg_sample_cuda(const void* cond, const void* uncond, const int64_t* allowed, const float* random, int64_t* out,
+                     const CfgSampleArgs& args, DType dtype, void* workspace, void* stream) {
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  pmx_cuda::CfgArgs a;
+  a.vocab = args.vocab;
+  a.chunks = cfg_chunks(args.vocab);
+  a.guide = args.guide ? 1 : 0;
+  a.scale = args.guidance_scale;
+  a.greedy = args.greedy ? 1 : 0;
+  a.top_k = static_cast<int>(std::min<int64_t>(args.top_k, 1 << 30));
+  a.use_top_p = args.use_top_p ? 1 : 0;
+  a.top_p_thr = args.top_p_thr;
+  a.use_temp = args.use_temperature ? 1 : 0;
+  a.temperature = args.temperature;
+  float* partial = static_cast<float*>(workspace);
+  const dim3 grid(a.chunks, (unsigned)args.batch);
+  const pmx_i64* al = reinterpret_cast<const pmx_i64*>(allowed);
+  pmx_i64* o = reinterpret_cast<pmx_i64*>(out);
+  if (dtype == kFloat32) {
+    pmx_cfg_stats_f32<<<grid, 256, 0, s>>>((const float*)cond, (const float*)uncond, a, partial);
+    pmx_cfg_select_f32<<<args.batch, 1024, 0, s>>>((const float*)cond, (const float*)uncond, al, random, o, partial,
+                                                   a);
+  } else if (dtype == kBFloat16) {
+    pmx_cfg_stats_bf16<<<grid, 256, 0, s>>>((const __nv_bfloat16*)cond, (const __nv_bfloat16*)uncond, a, partial);
+    pmx_cfg_select_bf16<<<args.batch, 1024, 0, s>>>((const __nv_bfloat16*)cond, (const __nv_bfloat16*)uncond, al,
+                                                    random, o, partial, a);
+  } else {
+    pmx_cfg_stats_f16<<<grid, 256, 0, s>>>((const __half*)cond, (const __half*)uncond, a, partial);
+    pmx_cfg_select_f16<<<args.batch, 1024, 0, s>>>((const __half*)cond, (const __half*)uncond, al, random, o,
+                                                   partial, a);
+  }
+}
+
+}  // namespace pmx

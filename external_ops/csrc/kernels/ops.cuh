@@ -1,0 +1,715 @@
+// CUDA device code of the paddlemix fused ops: plain CUDA, extern "C" kernels, no Paddle types or includes.
+// The Paddle extension launches these from launch.cu; benchmarks/cuda/check_kernels.py loads this very file with
+// cupy.RawModule and checks every kernel against numpy. Semantics: paddlemix/ops/fallback.py.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+typedef long long pmx_i64;
+
+namespace pmx_cuda {
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
+// round through T: the value a tensor of dtype T would hold
+template <typename T> __device__ __forceinline__ float rnd(float v) { return to_f(from_f<T>(v)); }
+
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result
+template <typename T> __device__ T block_sum(T v, T* sh) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) sh[wid] = v;
+  __syncthreads();
+  T t = lane < nw ? sh[lane] : T(0);
+  return warp_sum(t);
+}
+
+// exclusive prefix sum over the block in thread order; *total gets the block total
+template <typename T> __device__ T block_exclusive_scan(T v, T* sh, T* total) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  T x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    T y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  __syncthreads();
+  if (lane == 31) sh[wid] = x;
+  __syncthreads();
+  if (wid == 0) {
+    T w = lane < nw ? sh[lane] : T(0);
+    T s = w;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      T y = __shfl_up_sync(0xffffffffu, s, o);
+      if (lane >= o) s += y;
+    }
+    if (lane < nw) sh[lane] = s - w;
+    if (lane == 31) sh[32] = s;
+  }
+  __syncthreads();
+  *total = sh[32];
+  return sh[wid] + x - v;
+}
+
+// ---------------------------------------------------------------- rms_norm
+// One block per row. float32 statistics; y = weight * T(x * rsqrt(mean(x^2) + eps)).
+template <typename T, int VEC>
+__device__ void rms_norm_row(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int hidden,
+                             float eps) {
+  __shared__ float sh[33];
+  float s = 0.f;
+  for (int i = threadIdx.x * VEC; i < hidden; i += blockDim.x * VEC) {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const float f = to_f(x[i + v]);
+      s += f * f;
+    }
+  }
+  s = block_sum(s, sh);
+  const float inv = rsqrtf(s / (float)hidden + eps);
+  for (int i = threadIdx.x * VEC; i < hidden; i += blockDim.x * VEC) {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const float n = rnd<T>(__fmul_rn(to_f(x[i + v]), inv));
+      y[i + v] = from_f<T>(__fmul_rn(to_f(w[i + v]), n));
+    }
+  }
+}
+
+template <typename T>
+__device__ void rms_norm_impl(const T* x, const T* w, T* y, pmx_i64 rows, int hidden, float eps) {
+  const pmx_i64 r = blockIdx.x;
+  if (r >= rows) return;
+  x += r * hidden;
+  y += r * hidden;
+  constexpr int VEC = 16 / sizeof(T);
+  // 16-byte vectors when the row allows it: the compiler merges the VEC unrolled accesses into one
+  if (hidden % VEC == 0 && ((size_t)x % 16) == 0 && ((size_t)y % 16) == 0 && ((size_t)w % 16) == 0)
+    rms_norm_row<T, VEC>(x, w, y, hidden, eps);
+  else
+    rms_norm_row<T, 1>(x, w, y, hidden, eps);
+}
+
+// ---------------------------------------------------------------- rotary_embedding
+// One block per token (b, l): cos/sin of pos * inv_freq[j] in float32 into shared memory, rounded to T as the
+// fallback's tables are, then rotate-half on every q and k head.
+template <typename T>
+__device__ void rotary_impl(const T* q, const T* k, const pmx_i64* pos, const float* inv_freq, T* qo, T* ko,
+                            int q_heads, int k_heads, int dim) {
+  extern __shared__ float cs_sh[];
+  const int half = dim / 2;
+  float* cs = cs_sh;
+  float* sn = cs_sh + half;
+  const pmx_i64 t = blockIdx.x;
+  const float p = (float)pos[t];
+  for (int j = threadIdx.x; j < half; j += blockDim.x) {
+    float s, c;
+    sincosf(__fmul_rn(p, inv_freq[j]), &s, &c);
+    cs[j] = rnd<T>(c);
+    sn[j] = rnd<T>(s);
+  }
+  __syncthreads();
+  const int total = (q_heads + k_heads) * half;
+  for (int e = threadIdx.x; e < total; e += blockDim.x) {
+    const int h = e / half, j = e - h * half;
+    const T* src = h < q_heads ? q + (t * q_heads + h) * dim : k + (t * k_heads + (h - q_heads)) * dim;
+    T* dst = h < q_heads ? qo + (t * q_heads + h) * dim : ko + (t * k_heads + (h - q_heads)) * dim;
+    const float a = to_f(src[j]), b = to_f(src[j + half]);
+    // x * cos + rotate_half(x) * sin, each product and the sum rounded to T like the fallback's tensor ops
+    dst[j] = from_f<T>(rnd<T>(__fmul_rn(a, cs[j])) + rnd<T>(__fmul_rn(-b, sn[j])));
+    dst[j + half] = from_f<T>(rnd<T>(__fmul_rn(b, cs[j])) + rnd<T>(__fmul_rn(a, sn[j])));
+  }
+}
+
+// ---------------------------------------------------------------- vq_nearest
+// d(n, k) = (|z|^2 + |e_k|^2) - 2 z.e_k in float32. Grid (row blocks, K segments): each thread keeps R rows in
+// registers and scans its segment of the codebook through shared memory; the segments' (d, index) minima are
+// merged by vq_merge, ties to the lowest index.
+constexpr int VQ_THREADS = 128;
+constexpr int VQ_TILE = 256;
+
+template <int C, int R>
+__device__ void vq_partial_impl(const float* __restrict__ z, const float* __restrict__ e, const float* __restrict__ ee,
+                                float* __restrict__ best_d, int* __restrict__ best_i, int n, int k, int seg_len) {
+  __shared__ float et[VQ_TILE * C];
+  __shared__ float eet[VQ_TILE];
+  const int row0 = (blockIdx.x * VQ_THREADS + threadIdx.x) * R;
+  float zr[R][C], zz[R], bd[R];
+  int bi[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    zz[r] = 0.f;
+    bd[r] = INFINITY;
+    bi[r] = 0x7fffffff;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      zr[r][c] = row0 + r < n ? z[(pmx_i64)(row0 + r) * C + c] : 0.f;
+      zz[r] = c == 0 ? __fmul_rn(zr[r][0], zr[r][0]) : __fadd_rn(zz[r], __fmul_rn(zr[r][c], zr[r][c]));
+    }
+  }
+  const int k0 = blockIdx.y * seg_len;
+  const int k1 = min(k, k0 + seg_len);
+  for (int t0 = k0; t0 < k1; t0 += VQ_TILE) {
+    const int len = min(VQ_TILE, k1 - t0);
+    __syncthreads();
+    for (int i = threadIdx.x; i < len * C; i += VQ_THREADS) et[i] = e[(pmx_i64)t0 * C + i];
+    for (int i = threadIdx.x; i < len; i += VQ_THREADS) eet[i] = ee[t0 + i];
+    __syncthreads();
+    for (int j = 0; j < len; ++j) {
+      float ev[C];
+#pragma unroll
+      for (int c = 0; c < C; ++c) ev[c] = et[j * C + c];
+      const float ej = eet[j];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float dot = __fmul_rn(zr[r][0], ev[0]);
+#pragma unroll
+        for (int c = 1; c < C; ++c) dot = __fmaf_rn(zr[r][c], ev[c], dot);
+        const float d = __fsub_rn(__fadd_rn(zz[r], ej), __fmul_rn(2.f, dot));
+        if (d < bd[r]) {
+          bd[r] = d;
+          bi[r] = t0 + j;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    if (row0 + r < n) {
+      best_d[(pmx_i64)blockIdx.y * n + row0 + r] = bd[r];
+      best_i[(pmx_i64)blockIdx.y * n + row0 + r] = bi[r];
+    }
+}
+
+// Any C: one row per thread, z read from global memory (generic path, not tuned).
+__device__ void vq_partial_generic(const float* z, const float* e, const float* ee, float* best_d, int* best_i, int n,
+                                   int k, int c_dim, int seg_len) {
+  const int row = blockIdx.x * blockDim.x + threadIdx.x;
+  if (row >= n) return;
+  const float* zr = z + (pmx_i64)row * c_dim;
+  float zz = 0.f;
+  for (int c = 0; c < c_dim; ++c) zz = __fadd_rn(zz, __fmul_rn(zr[c], zr[c]));
+  float bd = INFINITY;
+  int bi = 0x7fffffff;
+  const int k0 = blockIdx.y * seg_len, k1 = min(k, k0 + seg_len);
+  for (int j = k0; j < k1; ++j) {
+    const float* ej = e + (pmx_i64)j * c_dim;
+    float dot = __fmul_rn(zr[0], ej[0]);
+    for (int c = 1; c < c_dim; ++c) dot = __fmaf_rn(zr[c], ej[c], dot);
+    const float d = __fsub_rn(__fadd_rn(zz, ee[j]), __fmul_rn(2.f, dot));
+    if (d < bd) {
+      bd = d;
+      bi = j;
+    }
+  }
+  best_d[(pmx_i64)blockIdx.y * n + row] = bd;
+  best_i[(pmx_i64)blockIdx.y * n + row] = bi;
+}
+
+// ---------------------------------------------------------------- cfg_sample
+// Pass 1 (cfg_stats): grid (chunks, B); online max / sum-exp of cond and uncond per chunk.
+// Pass 2 (cfg_select): one 1024-thread block per row; merges the chunk statistics into the two log-softmax
+// normalisers, then works on the allowed range [lo, hi) only: greedy argmax, or top-k by a 4 x 8-bit radix select
+// on order-preserving float keys, top-p by a radix walk on the probability mass from below, and the inverse-CDF
+// draw by a block scan in index order.
+constexpr int CFG_THREADS = 1024;
+
+struct CfgArgs {
+  pmx_i64 vocab;
+  int chunks;
+  int guide;        // uncond given and scale != 1
+  float scale;
+  int greedy;
+  int top_k;        // <= 0: off
+  int use_top_p;
+  float top_p_thr;  // float(1 - top_p)
+  int use_temp;
+  float temperature;
+};
+
+__device__ __forceinline__ void online_add(float& m, float& s, float x) {
+  if (x > m) {
+    s = s * __expf(m - x) + 1.f;
+    m = x;
+  } else {
+    s += __expf(x - m);
+  }
+}
+__device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
+  if (m2 == -INFINITY) return;
+  if (m == -INFINITY) {
+    m = m2;
+    s = s2;
+    return;
+  }
+  const float mx = fmaxf(m, m2);
+  s = s * __expf(m - mx) + s2 * __expf(m2 - mx);
+  m = mx;
+}
+__device__ void block_online_merge(float& m, float& s, float* sh) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    online_merge(m, s, m2, s2);
+  }
+  __syncthreads();
+  if (lane == 0) {
+    sh[2 * wid] = m;
+    sh[2 * wid + 1] = s;
+  }
+  __syncthreads();
+  m = lane < nw ? sh[2 * lane] : -INFINITY;
+  s = lane < nw ? sh[2 * lane + 1] : 0.f;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    online_merge(m, s, m2, s2);
+  }
+}
+
+template <typename T>
+__device__ void cfg_stats_impl(const T* cond, const T* uncond, CfgArgs a, float* partial) {
+  __shared__ float sh[64];
+  const int b = blockIdx.y;
+  const pmx_i64 per = (a.vocab + a.chunks - 1) / a.chunks;
+  const pmx_i64 i0 = (pmx_i64)blockIdx.x * per, i1 = min(a.vocab, i0 + per);
+  float mc = -INFINITY, sc = 0.f, mu = -INFINITY, su = 0.f;
+  const T* c = cond + b * a.vocab;
+  for (pmx_i64 i = i0 + threadIdx.x; i < i1; i += blockDim.x) online_add(mc, sc, to_f(c[i]));
+  block_online_merge(mc, sc, sh);
+  if (a.guide) {
+    const T* u = uncond + b * a.vocab;
+    for (pmx_i64 i = i0 + threadIdx.x; i < i1; i += blockDim.x) online_add(mu, su, to_f(u[i]));
+    block_online_merge(mu, su, sh);
+  }
+  if (threadIdx.x == 0) {
+    float* p = partial + ((pmx_i64)b * a.chunks + blockIdx.x) * 4;
+    p[0] = mc;
+    p[1] = sc;
+    p[2] = mu;
+    p[3] = su;
+  }
+}
+
+__device__ __forceinline__ unsigned int fkey(float f) {
+  const unsigned int u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+struct CfgRow {
+  float mc, lc, mu, lu;
+};
+
+template <typename T>
+__device__ __forceinline__ float cfg_score(const T* c, const T* u, pmx_i64 i, const CfgRow& r, const CfgArgs& a,
+                                           bool sampling) {
+  float s = __fsub_rn(__fsub_rn(to_f(c[i]), r.mc), r.lc);
+  if (a.guide) {
+    const float su = __fsub_rn(__fsub_rn(to_f(u[i]), r.mu), r.lu);
+    s = __fadd_rn(__fmul_rn(a.scale, __fsub_rn(s, su)), su);
+  }
+  if (sampling && a.use_temp) s = __fdiv_rn(s, a.temperature);
+  return s;
+}
+
+// Warp 0 finds the digit whose bin holds the k-th largest (descending) of hist; writes digit and the count above.
+__device__ void radix_pick_desc(const unsigned int* hist, unsigned int k, int* digit_out, unsigned int* above_out) {
+  const int lane = threadIdx.x;
+  unsigned int loc[8], tot = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    loc[i] = hist[lane * 8 + i];
+    tot += loc[i];
+  }
+  unsigned int suf = tot;  // inclusive suffix sum over lanes >= lane
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned int y = __shfl_down_sync(0xffffffffu, suf, o);
+    if (lane + o < 32) suf += y;
+  }
+  unsigned int above = suf - tot;  // count in lanes > lane
+  if (above < k && k <= suf) {
+    for (int i = 7; i >= 0; --i) {
+      if (above + loc[i] >= k) {
+        *digit_out = lane * 8 + i;
+        *above_out = above;
+        break;
+      }
+      above += loc[i];
+    }
+  }
+}
+
+// Warp 0 finds the first digit (ascending) where below + cumulative weight exceeds thr.
+__device__ void radix_pick_mass_asc(const float* hw, float below, float thr, int* digit_out, float* below_out) {
+  const int lane = threadIdx.x;
+  float loc[8], tot = 0.f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    loc[i] = hw[lane * 8 + i];
+    tot += loc[i];
+  }
+  float pre = tot;  // inclusive prefix over lanes <= lane
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float y = __shfl_up_sync(0xffffffffu, pre, o);
+    if (lane >= o) pre += y;
+  }
+  float acc = below + pre - tot;
+  const bool last = (lane == 31);
+  if ((acc <= thr && below + pre > thr) || (last && below + pre <= thr)) {
+    int d = lane * 8 + 7;
+    for (int i = 0; i < 8; ++i) {
+      if (acc + loc[i] > thr) {
+        d = lane * 8 + i;
+        break;
+      }
+      acc += loc[i];
+    }
+    if (last && below + pre <= thr) {  // rounding: take the highest non-empty bin
+      acc = below + pre;
+      for (int i = 7; i >= 0; --i) {
+        acc -= loc[i];
+        if (loc[i] > 0.f || i == 0) {
+          d = lane * 8 + i;
+          break;
+        }
+      }
+    }
+    *digit_out = d;
+    *below_out = acc;
+  }
+}
+
+template <typename T>
+__device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* allowed, const float* random,
+                                pmx_i64* out, const float* partial, CfgArgs a) {
+  __shared__ float shf[66];
+  __shared__ unsigned int hist[256];
+  __shared__ float histw[256];
+  __shared__ int sh_digit;
+  __shared__ unsigned int sh_above;
+  __shared__ float sh_below;
+  __shared__ pmx_i64 sh_pick;
+  const int b = blockIdx.x, tid = threadIdx.x;
+  const T* c = cond + b * a.vocab;
+  const T* u = a.guide ? uncond + b * a.vocab : nullptr;
+
+  // log-softmax normalisers from the chunk statistics
+  CfgRow row;
+  {
+    float m1 = -INFINITY, s1 = 0.f, m2 = -INFINITY, s2 = 0.f;
+    for (int i = tid; i < a.chunks; i += blockDim.x) {
+      const float* p = partial + ((pmx_i64)b * a.chunks + i) * 4;
+      online_merge(m1, s1, p[0], p[1]);
+      online_merge(m2, s2, p[2], p[3]);
+    }
+    block_online_merge(m1, s1, shf);
+    block_online_merge(m2, s2, shf);
+    row.mc = m1;
+    row.lc = logf(s1);
+    row.mu = m2;
+    row.lu = a.guide ? logf(s2) : 0.f;
+  }
+  pmx_i64 lo = 0, hi = a.vocab;
+  if (allowed) {
+    lo = max(allowed[2 * b], (pmx_i64)0);
+    hi = min(allowed[2 * b + 1], a.vocab);
+  }
+  if (hi <= lo) {
+    if (tid == 0) out[b] = lo < a.vocab ? lo : 0;
+    return;
+  }
+  const pmx_i64 n = hi - lo;
+  c += lo;
+  if (u) u += lo;
+  const bool sampling = !a.greedy;
+
+  // max (first index on ties): the greedy answer, and the softmax shift when sampling
+  float bm = -INFINITY;
+  pmx_i64 bidx = n;
+  for (pmx_i64 i = tid; i < n; i += blockDim.x) {
+    const float s = cfg_score(c, u, i, row, a, sampling);
+    if (s > bm) {
+      bm = s;
+      bidx = i;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, bm, o);
+    const pmx_i64 i2 = __shfl_xor_sync(0xffffffffu, bidx, o);
+    if (m2 > bm || (m2 == bm && i2 < bidx)) {
+      bm = m2;
+      bidx = i2;
+    }
+  }
+  __shared__ float shm[32];
+  __shared__ pmx_i64 shi[32];
+  if ((tid & 31) == 0) {
+    shm[tid >> 5] = bm;
+    shi[tid >> 5] = bidx;
+  }
+  __syncthreads();
+  if (tid < 32) {
+    bm = tid < (int)(blockDim.x >> 5) ? shm[tid] : -INFINITY;
+    bidx = tid < (int)(blockDim.x >> 5) ? shi[tid] : n;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, bm, o);
+      const pmx_i64 i2 = __shfl_xor_sync(0xffffffffu, bidx, o);
+      if (m2 > bm || (m2 == bm && i2 < bidx)) {
+        bm = m2;
+        bidx = i2;
+      }
+    }
+    if (tid == 0) {
+      shm[0] = bm;
+      shi[0] = bidx < n ? bidx : 0;
+    }
+  }
+  __syncthreads();
+  const float smax = shm[0];
+  if (!sampling) {
+    if (tid == 0) out[b] = lo + shi[0];
+    return;
+  }
+
+  // top-k: key of the k-th largest score
+  unsigned int kth = 0;
+  if (a.top_k > 0 && a.top_k < n) {
+    unsigned int prefix = 0, mask = 0, k = (unsigned int)a.top_k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
+      __syncthreads();
+      for (pmx_i64 i = tid; i < n; i += blockDim.x) {
+        const unsigned int key = fkey(cfg_score(c, u, i, row, a, true));
+        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      }
+      __syncthreads();
+      if (tid < 32) radix_pick_desc(hist, k, &sh_digit, &sh_above);
+      __syncthreads();
+      prefix |= (unsigned int)sh_digit << shift;
+      mask |= 255u << shift;
+      k -= sh_above;
+      __syncthreads();
+    }
+    kth = prefix;
+  }
+
+  // top-p: the tokens removed are the lowest (in ascending (score, index) order) whose cumulative probability
+  // is <= 1 - top_p; find the key T where that cumulative mass crosses the threshold and how many of the tokens
+  // tied at T (in index order) are removed.
+  unsigned int pkey = 0;
+  pmx_i64 ptie_removed = 0;
+  if (a.use_top_p) {
+    float z = 0.f;
+    for (pmx_i64 i = tid; i < n; i += blockDim.x) {
+      const float s = cfg_score(c, u, i, row, a, true);
+      if (fkey(s) >= kth) z += expf(s - smax);
+    }
+    z = block_sum(z, shf);
+    const float thr = a.top_p_thr * z;
+    unsigned int prefix = 0, mask = 0;
+    float below = 0.f;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int i = tid; i < 256; i += blockDim.x) histw[i] = 0.f;
+      __syncthreads();
+      for (pmx_i64 i = tid; i < n; i += blockDim.x) {
+        const float s = cfg_score(c, u, i, row, a, true);
+        const unsigned int key = fkey(s);
+        if (key >= kth && (key & mask) == prefix) atomicAdd(&histw[(key >> shift) & 255u], expf(s - smax));
+      }
+      __syncthreads();
+      if (tid < 32) radix_pick_mass_asc(histw, below, thr, &sh_digit, &sh_below);
+      __syncthreads();
+      prefix |= (unsigned int)sh_digit << shift;
+      mask |= 255u << shift;
+      below = sh_below;
+      __syncthreads();
+    }
+    pkey = prefix;
+    // tied tokens at T: same weight w each; the first r of them (index order) go while below + j w <= thr
+    unsigned int cnt = 0;
+    for (pmx_i64 i = tid; i < n; i += blockDim.x) cnt += fkey(cfg_score(c, u, i, row, a, true)) == pkey;
+    cnt = block_sum(cnt, (unsigned int*)hist);
+    // the weight every tied token shares
+    float wone = 0.f;
+    for (pmx_i64 i = tid; i < n && wone == 0.f; i += blockDim.x) {
+      const float s = cfg_score(c, u, i, row, a, true);
+      if (fkey(s) == pkey) wone = expf(s - smax);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) wone = fmaxf(wone, __shfl_xor_sync(0xffffffffu, wone, o));
+    if ((tid & 31) == 0) shf[tid >> 5] = wone;
+    __syncthreads();
+    if (tid == 0) {
+      float w1 = 0.f;
+      for (int i = 0; i < (int)(blockDim.x >> 5); ++i) w1 = fmaxf(w1, shf[i]);
+      pmx_i64 r = 0;
+      while (r + 1 < (pmx_i64)cnt && below + (float)(r + 1) * w1 <= thr) ++r;
+      sh_pick = r;
+    }
+    __syncthreads();
+    ptie_removed = sh_pick;
+    __syncthreads();
+  }
+
+  // inverse CDF in index order: each thread owns a contiguous chunk; block scans give each chunk its offsets
+  const pmx_i64 per = (n + blockDim.x - 1) / blockDim.x;
+  const pmx_i64 i0 = min(n, tid * per), i1 = min(n, i0 + per);
+  pmx_i64 tie_base = 0;
+  if (a.use_top_p) {
+    unsigned int tc = 0;
+    for (pmx_i64 i = i0; i < i1; ++i) tc += fkey(cfg_score(c, u, i, row, a, true)) == pkey;
+    unsigned int tot;
+    tie_base = block_exclusive_scan(tc, (unsigned int*)hist, &tot);
+  }
+  float wsum = 0.f;
+  pmx_i64 last_kept = -1;
+  {
+    pmx_i64 tr = tie_base;
+    for (pmx_i64 i = i0; i < i1; ++i) {
+      const float s = cfg_score(c, u, i, row, a, true);
+      const unsigned int key = fkey(s);
+      bool keep = key >= kth;
+      if (a.use_top_p) {
+        if (key == pkey) keep = keep && (tr++ >= ptie_removed);
+        else keep = keep && key > pkey;
+      }
+      if (keep) {
+        const float w = expf(s - smax);
+        wsum += w;
+        if (w > 0.f) last_kept = i;
+      }
+    }
+  }
+  float total;
+  const float wbase = block_exclusive_scan(wsum, shf, &total);
+  if (tid == 0) sh_pick = -1;
+  __syncthreads();
+  const float target = random[b] * total;
+  if (wsum > 0.f && wbase <= target && target < wbase + wsum) {
+    pmx_i64 tr = tie_base;
+    float cum = wbase;
+    for (pmx_i64 i = i0; i < i1; ++i) {
+      const float s = cfg_score(c, u, i, row, a, true);
+      const unsigned int key = fkey(s);
+      bool keep = key >= kth;
+      if (a.use_top_p) {
+        if (key == pkey) keep = keep && (tr++ >= ptie_removed);
+        else keep = keep && key > pkey;
+      }
+      if (keep) {
+        cum += expf(s - smax);
+        if (cum > target) {
+          sh_pick = i;
+          break;
+        }
+        if (i == last_kept) {  // rounding inside the chunk: stay on its last kept token
+          sh_pick = i;
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (sh_pick < 0) {  // target at or past the total (rounding): the last kept token
+    pmx_i64 lk = last_kept;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const pmx_i64 y = __shfl_xor_sync(0xffffffffu, lk, o);
+      lk = y > lk ? y : lk;
+    }
+    if ((tid & 31) == 0) shi[tid >> 5] = lk;
+    __syncthreads();
+    if (tid == 0) {
+      pmx_i64 m = -1;
+      for (int i = 0; i < (int)(blockDim.x >> 5); ++i) m = shi[i] > m ? shi[i] : m;
+      sh_pick = m >= 0 ? m : shi[0];
+    }
+    __syncthreads();
+  }
+  if (tid == 0) out[b] = lo + (sh_pick >= 0 ? sh_pick : 0);
+}
+
+}  // namespace pmx_cuda
+
+// ---------------------------------------------------------------- extern "C" entry points
+#define PMX_RMS(NAME, T)                                                                                           \
+  extern "C" __global__ void NAME(const T* x, const T* w, T* y, pmx_i64 rows, int hidden, float eps) {            \
+    pmx_cuda::rms_norm_impl<T>(x, w, y, rows, hidden, eps);                                                        \
+  }
+PMX_RMS(pmx_rms_norm_f32, float)
+PMX_RMS(pmx_rms_norm_bf16, __nv_bfloat16)
+PMX_RMS(pmx_rms_norm_f16, __half)
+
+#define PMX_ROPE(NAME, T)                                                                                          \
+  extern "C" __global__ void NAME(const T* q, const T* k, const pmx_i64* pos, const float* inv_freq, T* qo, T* ko, \
+                                  int q_heads, int k_heads, int dim) {                                             \
+    pmx_cuda::rotary_impl<T>(q, k, pos, inv_freq, qo, ko, q_heads, k_heads, dim);                                 \
+  }
+PMX_ROPE(pmx_rotary_f32, float)
+PMX_ROPE(pmx_rotary_bf16, __nv_bfloat16)
+PMX_ROPE(pmx_rotary_f16, __half)
+
+extern "C" __global__ void pmx_vq_norms(const float* e, float* ee, int k, int c_dim) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= k) return;
+  float s = 0.f;
+  for (int c = 0; c < c_dim; ++c) s = __fadd_rn(s, __fmul_rn(e[(pmx_i64)j * c_dim + c], e[(pmx_i64)j * c_dim + c]));
+  ee[j] = s;
+}
+// C == 4 (Emu3's codebook), 4 rows per thread; launch with VQ_THREADS threads, grid (ceil(n / 512), segments)
+extern "C" __global__ void __launch_bounds__(128) pmx_vq_partial_c4(const float* z, const float* e, const float* ee,
+                                                                    float* best_d, int* best_i, int n, int k,
+                                                                    int seg_len) {
+  pmx_cuda::vq_partial_impl<4, 4>(z, e, ee, best_d, best_i, n, k, seg_len);
+}
+extern "C" __global__ void pmx_vq_partial_generic(const float* z, const float* e, const float* ee, float* best_d,
+                                                  int* best_i, int n, int k, int c_dim, int seg_len) {
+  pmx_cuda::vq_partial_generic(z, e, ee, best_d, best_i, n, k, c_dim, seg_len);
+}
+extern "C" __global__ void pmx_vq_merge(const float* best_d, const int* best_i, pmx_i64* out, int n, int segments) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= n) return;
+  float bd = best_d[r];
+  int bi = best_i[r];
+  for (int s = 1; s < segments; ++s) {
+    const float d = best_d[(pmx_i64)s * n + r];
+    const int i = best_i[(pmx_i64)s * n + r];
+    if (d < bd || (d == bd && i < bi)) {
+      bd = d;
+      bi = i;
+    }
+  }
+  out[r] = bi == 0x7fffffff ? 0 : bi;
+}
+
+#define PMX_CFG(SUFFIX, T)                                                                                         \
+  extern "C" __global__ void pmx_cfg_stats_##SUFFIX(const T* cond, const T* uncond, pmx_cuda::CfgArgs a,          \
+                                                      float* partial) {                                            \
+    pmx_cuda::cfg_stats_impl<T>(cond, uncond, a, partial);                                                         \
+  }                                                                                                                \
+  extern "C" __global__ void __launch_bounds__(1024)                                                               \
+      pmx_cfg_select_##SUFFIX(const T* cond, const T* uncond, const pmx_i64* allowed, const float* random,         \
+                              pmx_i64* out, const float* partial, pmx_cuda::CfgArgs a) {                           \
+    pmx_cuda::cfg_select_impl<T>(cond, uncond, allowed, random, out, partial, a);                                  \
+  }
+PMX_CFG(f32, float)
+PMX_CFG(bf16, __nv_bfloat16)
+PMX_CFG(f16, __half)

@@ -1,0 +1,27 @@
+// Shared helpers of the Paddle bindings: dtype and device checks.
+#pragma once
+
+#include "paddle/extension.h"
+
+#ifdef PADDLEMIX_WITH_CUDA
+#include "kernels/launch.h"
+
+inline pmx::DType pmx_cuda_dtype(const paddle::Tensor& t) {
+  switch (t.dtype()) {
+    case paddle::DataType::FLOAT32:
+      return pmx::kFloat32;
+    case paddle::DataType::BFLOAT16:
+      return pmx::kBFloat16;
+    case paddle::DataType::FLOAT16:
+      return pmx::kFloat16;
+    default:
+      PD_THROW("paddlemix_ops: CUDA kernels take float32, bfloat16 or float16, got another dtype");
+  }
+}
+#endif
+
+#define PMX_CHECK_CPU_F32(t, name)                                                                          \
+  PD_CHECK((t).dtype() == paddle::DataType::FLOAT32, "paddlemix_ops: ", name,                               \
+           " must be float32 on CPU (the CPU kernels are float32 only)")
+
+#define PMX_NO_CUDA(op) PD_THROW("paddlemix_ops: ", op, " got a GPU tensor but the extension was built without CUDA")

@@ -1,0 +1,47 @@
+// The extension's single translation unit: registers every op. Each op's binding (checks, CPU/CUDA dispatch,
+// shape and dtype inference) is in csrc/<op>_op.h; paddle/extension.h takes about 10 s to parse, so the bindings
+// are compiled together rather than one object each. The registrations stay here, in the listed source, because
+// Paddle's setup generates the Python API from the PD_BUILD_OP calls it finds in the sources.
+#include "build_info_op.h"
+#include "cfg_sample_op.h"
+#include "rms_norm_op.h"
+#include "rotary_op.h"
+#include "vq_nearest_op.h"
+
+PD_BUILD_OP(pmx_build_info)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(BuildInfoForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(BuildInfoShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(BuildInfoDtype));
+
+PD_BUILD_OP(pmx_cfg_sample)
+    .Inputs({"Cond", "Uncond", "Allowed", "Random"})
+    .Outputs({"Out"})
+    .Attrs({"guide: bool", "guidance_scale: float", "greedy: bool", "top_k: int64_t", "use_top_p: bool",
+            "top_p_thr: float", "use_temperature: bool", "temperature: float"})
+    .SetKernelFn(PD_KERNEL(CfgSampleForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(CfgSampleShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(CfgSampleDtype));
+
+PD_BUILD_OP(pmx_rms_norm)
+    .Inputs({"X", "Weight"})
+    .Outputs({"Out"})
+    .Attrs({"eps: float"})
+    .SetKernelFn(PD_KERNEL(RmsNormForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(RmsNormShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(RmsNormDtype));
+
+PD_BUILD_OP(pmx_rotary_embedding)
+    .Inputs({"Q", "K", "PositionIds", "InvFreq"})
+    .Outputs({"QOut", "KOut"})
+    .SetKernelFn(PD_KERNEL(RotaryForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(RotaryShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(RotaryDtype));
+
+PD_BUILD_OP(pmx_vq_nearest)
+    .Inputs({"Latents", "Codebook"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(VqNearestForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(VqNearestShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(VqNearestDtype));

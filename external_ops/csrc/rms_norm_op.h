@@ -1,0 +1,33 @@
+// Paddle binding of rms_norm: y = weight * (x * rsqrt(mean(x^2, -1) + eps)), statistics in float32.
+#pragma once
+
+#include <vector>
+
+#include "kernels/rms_norm_cpu.h"
+#include "op_common.h"
+
+std::vector<paddle::Tensor> RmsNormForward(const paddle::Tensor& x, const paddle::Tensor& weight, float eps) {
+  const int64_t hidden = x.shape().back();
+  PD_CHECK(weight.numel() == hidden, "paddlemix_ops.rms_norm: weight has ", weight.numel(),
+           " elements but the last axis of x has ", hidden);
+  PD_CHECK(weight.dtype() == x.dtype(), "paddlemix_ops.rms_norm: weight and x must have the same dtype");
+  const int64_t rows = hidden > 0 ? x.numel() / hidden : 0;
+  auto y = paddle::empty(x.shape(), x.dtype(), x.place());
+  if (x.is_cpu()) {
+    PMX_CHECK_CPU_F32(x, "x");
+    pmx::rms_norm_cpu(x.data<float>(), weight.data<float>(), y.data<float>(), rows, hidden, eps);
+  } else {
+#ifdef PADDLEMIX_WITH_CUDA
+    pmx::rms_norm_cuda(x.data(), weight.data(), y.data(), rows, hidden, eps, pmx_cuda_dtype(x), x.stream());
+#else
+    PMX_NO_CUDA("rms_norm");
+#endif
+  }
+  return {y};
+}
+
+std::vector<std::vector<int64_t>> RmsNormShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                               float eps) {
+  return {x};
+}
+std::vector<paddle::DataType> RmsNormDtype(const paddle::DataType& x, const paddle::DataType& w) { return {x}; }

@@ -1,0 +1,79 @@
+"""Build the paddlemix fused ops as one Paddle extension module, ``paddlemix_ops``.
+
+    cd external_ops && python setup.py install
+    pip install --no-build-isolation ./external_ops      (needs the ``wheel`` package or setuptools >= 70.1)
+
+C++ CPU kernels are always built (with OpenMP when the compiler supports it). The CUDA kernels are added when Paddle
+is a CUDA build and ``nvcc`` is found; they are compiled for the local GPU's architecture, or for the list in
+``PADDLEMIX_CUDA_ARCHS`` (default "80;90" when no GPU is visible). ``PADDLEMIX_OPS_NATIVE=0`` leaves out
+``-march=native`` (for a build meant to run on another CPU).
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+import paddle
+from paddle.utils.cpp_extension import CppExtension, CUDAExtension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# one translation unit that includes every csrc/*_op.h binding and registers the ops (paddle/extension.h is parsed once)
+CPU_SOURCE = os.path.join("csrc", "paddlemix_ops.cc")
+OPENMP_TEST = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+
+
+def _compiles(flags, program="int main() { return 0; }\n"):
+    """Whether the C++ compiler builds `program` with `flags`."""
+    cxx = os.environ.get("CXX", "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "t.cc")
+        with open(src, "w") as f:
+            f.write(program)
+        cmd = [cxx, src, "-o", os.path.join(tmp, "t"), *flags]
+        return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def _cuda_archs():
+    env = os.environ.get("PADDLEMIX_CUDA_ARCHS")
+    if env:
+        return [a.strip() for a in env.replace(",", ";").split(";") if a.strip()]
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.split()
+    except OSError:
+        out = []
+    archs = sorted({cap.replace(".", "") for cap in out if cap.replace(".", "").isdigit()})
+    return archs or ["80", "90"]
+
+
+def _extension():
+    cxx_flags = ["-O3", "-g0", "-std=c++17", "-ffp-contract=off"]
+    link_flags = []
+    if os.environ.get("PADDLEMIX_OPS_NATIVE", "1") != "0" and _compiles(["-march=native"]):
+        cxx_flags.append("-march=native")
+    if _compiles(["-fopenmp"], OPENMP_TEST):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
+    else:
+        cxx_flags.append("-fopenmp-simd")
+    sources = [CPU_SOURCE]
+    include_dirs = [os.path.join(HERE, "csrc")]
+    if paddle.is_compiled_with_cuda() and shutil.which("nvcc"):
+        nvcc_flags = ["-O3", "-std=c++17", "-DPADDLEMIX_WITH_CUDA"]
+        for arch in _cuda_archs():
+            nvcc_flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+        return CUDAExtension(
+            sources=sources + [os.path.join("csrc", "kernels", "launch.cu")],
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags + ["-DPADDLEMIX_WITH_CUDA"], "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
+        )
+    return CppExtension(
+        sources=sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags
+    )
+
+
+os.chdir(HERE)
+setup(name="paddlemix_ops", version="0.1.0", ext_modules=_extension())
