@@ -220,3 +220,19 @@ def test_autoencode_cli(tmp_path, fixtures_dir, vq_dir):
     stdout = _run_cli(["--model_path", vq_dir, "--video_path", str(partial), "--output_dir", str(out)])
     assert "is not a multiple of" in stdout and "PSNR" in stdout, stdout
     assert len(os.listdir(out / "few_frames_recon")) == n_partial
+
+
+def test_frames_per_pass_only_bounds_memory(fixtures_dir, model):
+    ref = np.load(os.path.join(str(fixtures_dir), "refs", "vq_video.npz"))
+    x = paddle.to_tensor(ref["video_input"])
+    codes = paddle.to_tensor(ref["video_codes"])
+    default = model.frames_per_pass
+    try:
+        results = {}
+        for n in (1, None):
+            model.frames_per_pass = n
+            results[n] = (model.encode_to_latent(x).numpy(), model.decode(codes).numpy())
+    finally:
+        model.frames_per_pass = default
+    assert max_diff(results[1][0], results[None][0]) <= 1e-5
+    assert max_diff(results[1][1], results[None][1]) <= 1e-5

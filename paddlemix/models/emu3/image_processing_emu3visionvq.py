@@ -222,6 +222,11 @@ class Emu3VisionVQImageProcessor:
         arr = np.asarray(image)
         if arr.ndim == 2:
             arr = arr[:, :, None]
+        if self.do_normalize and arr.shape[2] != len(self.image_mean):
+            raise ValueError(
+                f"a {image.mode} image has {arr.shape[2]} channels but image_mean has {len(self.image_mean)} values; "
+                "use do_convert_rgb=True"
+            )
         if self.do_rescale:
             arr = (arr.astype(np.float64) * self.rescale_factor).astype(np.float32)
         if self.do_normalize:

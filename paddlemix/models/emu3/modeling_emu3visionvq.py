@@ -301,17 +301,23 @@ class Emu3VisionVQEncoder(nn.Layer):
         self.time_conv = nn.LayerList([Emu3VisionVQTemporalDownsample(z) for _ in range(n_time)])
         self.time_res_stack = nn.LayerList([Emu3VisionVQResnetTemporalBlock(z, z) for _ in range(config.num_res_blocks)])
 
-    def forward(self, frames, batch_size, time_repeat=1):
-        """frames [B*T, C, H, W] (batch-major) -> latent [B, z, T * time_repeat / factor, H/f, W/f].
-
-        ``time_repeat`` repeats every frame's 2-D latent that many times before the temporal blocks (an image is
-        encoded as ``temporal_downsample_factor`` identical frames, without running the 2-D encoder on each).
-        """
+    def encode_frames(self, frames):
+        """The per-frame 2-D encoder: [N, C, H, W] -> [N, z, H/f, W/f]."""
         h = self.conv_in(frames)
         for level in self.down:
             h = level(h)
         h = self.mid(h)
-        h = self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward(self, frames, batch_size, time_repeat=1, frames_per_pass=None):
+        """frames [B*T, C, H, W] (batch-major) -> latent [B, z, T * time_repeat / factor, H/f, W/f].
+
+        ``time_repeat`` repeats every frame's 2-D latent that many times before the temporal blocks (an image is
+        encoded as ``temporal_downsample_factor`` identical frames, without running the 2-D encoder on each).
+        ``frames_per_pass`` bounds how many frames go through the 2-D encoder at once (activation memory).
+        """
+        step = frames_per_pass or frames.shape[0]
+        h = paddle.concat([self.encode_frames(frames[i : i + step]) for i in range(0, frames.shape[0], step)])
         _, c, height, width = h.shape
         h = h.reshape([batch_size, -1, c, height, width]).transpose([0, 2, 1, 3, 4])
         if time_repeat > 1:
@@ -348,10 +354,19 @@ class Emu3VisionVQDecoder(nn.Layer):
         self.norm_out = Emu3VisionVQSpatialNorm(block_in, zq_ch)
         self.conv_out = _conv2d(block_in, config.out_channels, 3)
 
-    def forward(self, z, zq, first_frame_only=False):
+    def decode_frames(self, h, zq):
+        """The per-frame 2-D decoder: latent frames [N, z, h, w] conditioned on zq [N, C, h, w] -> [N, 3, H, W]."""
+        h = self.conv_in(h)
+        h = self.mid(h, zq)
+        for level in reversed(self.up):
+            h = level(h, zq)
+        return self.conv_out(F.silu(self.norm_out(h, zq)))
+
+    def forward(self, z, zq, first_frame_only=False, frames_per_pass=None):
         """z (post_quant_conv output) and zq (codebook vectors), both [B, C, t, h, w] -> frames [B*T, 3, H, W].
 
         T = t * factor, or 1 with ``first_frame_only`` (t must be 1 then): the first of the original's frames.
+        ``frames_per_pass`` bounds how many frames go through the 2-D decoder at once (activation memory).
         """
         batch_size = z.shape[0]
         h = paddle.concat([z, zq], axis=0)
@@ -362,11 +377,9 @@ class Emu3VisionVQDecoder(nn.Layer):
         c, frames, height, width = h.shape[1:]
         h = h.transpose([0, 2, 1, 3, 4]).reshape([2 * batch_size * frames, c, height, width])
         h, zq = paddle.split(h, 2, axis=0)
-        h = self.conv_in(h)
-        h = self.mid(h, zq)
-        for level in reversed(self.up):
-            h = level(h, zq)
-        return self.conv_out(F.silu(self.norm_out(h, zq)))
+        n = h.shape[0]
+        step = frames_per_pass or n
+        return paddle.concat([self.decode_frames(h[i : i + step], zq[i : i + step]) for i in range(0, n, step)])
 
 
 class Emu3VisionVQVectorQuantizer(nn.Layer):
@@ -393,6 +406,9 @@ class Emu3VisionVQModel(PretrainedModel):
     """
 
     config_class = Emu3VisionVQConfig
+    # frames (images, or video frames) that go through the 2-D encoder/decoder at once; the frames are independent
+    # there, so this only bounds activation memory (None: all at once)
+    frames_per_pass = 4
 
     def __init__(self, config):
         super().__init__(config)
@@ -475,10 +491,10 @@ class Emu3VisionVQModel(PretrainedModel):
         x = self._pixels(pixel_values)
         factor = self.config.temporal_downsample_factor
         if x.ndim == 4:
-            h = self.encoder(x, x.shape[0], time_repeat=factor)
+            h = self.encoder(x, x.shape[0], time_repeat=factor, frames_per_pass=self.frames_per_pass)
         else:
             b, t = x.shape[:2]
-            h = self.encoder(x.reshape([b * t] + list(x.shape[2:])), b)
+            h = self.encoder(x.reshape([b * t] + list(x.shape[2:])), b, frames_per_pass=self.frames_per_pass)
         return self.quant_conv(h).transpose([0, 2, 1, 3, 4])
 
     @paddle.no_grad()
@@ -501,7 +517,9 @@ class Emu3VisionVQModel(PretrainedModel):
             codes = codes.unsqueeze(1)
         b, t, h, w = codes.shape
         quant = self.quantize.embedding(codes).transpose([0, 4, 1, 2, 3])  # [B, C, t, h, w]
-        frames = self.decoder(self.post_quant_conv(quant), quant, first_frame_only=image)
+        frames = self.decoder(
+            self.post_quant_conv(quant), quant, first_frame_only=image, frames_per_pass=self.frames_per_pass
+        )
         f = self.spatial_scale_factor
         if image:
             return frames.reshape([b, self.config.out_channels, h * f, w * f])
