@@ -210,11 +210,13 @@ def test_autoencode_cli(tmp_path, fixtures_dir, vq_dir):
     )
     assert stdout.count("PSNR") == len(glob.glob(os.path.join(inputs, "*.png"))) + 1, stdout
     for name, _, ref in image_cases(fixtures_dir):
-        assert re.search(rf"{name}\.png: codes \[{ref['codes'].shape[1]}, {ref['codes'].shape[2]}\], PSNR [\d.]+ dB", stdout)
+        h, w = ref["codes"].shape[1:]
+        assert re.search(rf"{name}\.png: codes \[{h}, {w}\], PSNR [\d.]+ dB", stdout), name
         written = np.asarray(Image.open(out / f"{name}_recon.png"))
         assert max_diff(written, ref["recon_uint8"]) <= 1, name
     video_out = out / "frames_recon"
-    written = [np.asarray(Image.open(video_out / (os.path.splitext(os.path.basename(p))[0] + "_recon.png"))) for p in frames]
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in frames]
+    written = [np.asarray(Image.open(video_out / f"{stem}_recon.png")) for stem in stems]
     assert max_diff(np.stack(written), ref_video["clips_recon_uint8"]) <= 1
 
     stdout = _run_cli(["--model_path", vq_dir, "--video_path", str(partial), "--output_dir", str(out)])

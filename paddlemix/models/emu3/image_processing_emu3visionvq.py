@@ -196,13 +196,16 @@ class Emu3VisionVQImageProcessor:
         if isinstance(image, Image.Image):
             return image
         if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            channels = image.shape[2] if image.ndim == 3 else 1
+            if image.dtype != np.uint8 or image.ndim not in (2, 3) or channels not in (1, 3, 4):
                 raise ValueError(
                     f"numpy images must be uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]; got {image.dtype} "
                     f"{list(image.shape)}"
                 )
             return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
-        raise ValueError(f"not an image: expected a PIL image, a file path or a uint8 array, got {type(image).__name__}")
+        raise ValueError(
+            f"not an image: expected a PIL image, a file path or a uint8 array, got {type(image).__name__}"
+        )
 
     def _preprocess_one(self, image):
         image = self._load(image)

@@ -33,7 +33,6 @@ reshapes them (size-1 axes). Every other key (convolutions, GroupNorm, SpatialNo
 ``quantize.embedding.weight``) is the same in both layouts.
 """
 
-import logging
 import math
 import re
 
@@ -45,8 +44,6 @@ from paddle import nn
 from ...ops import vq_nearest
 from ..model_utils import PretrainedModel
 from .configuration_emu3visionvq import Emu3VisionVQConfig
-
-logger = logging.getLogger(__name__)
 
 _HF_KEY_RULES = [
     (re.compile(r"^(encoder)\.down_block\.down\."), r"\1.down."),
@@ -299,7 +296,8 @@ class Emu3VisionVQEncoder(nn.Layer):
         self.conv_out = _conv2d(block_in, z, 3)
         n_time = int(math.log2(config.temporal_downsample_factor))
         self.time_conv = nn.LayerList([Emu3VisionVQTemporalDownsample(z) for _ in range(n_time)])
-        self.time_res_stack = nn.LayerList([Emu3VisionVQResnetTemporalBlock(z, z) for _ in range(config.num_res_blocks)])
+        blocks = [Emu3VisionVQResnetTemporalBlock(z, z) for _ in range(config.num_res_blocks)]
+        self.time_res_stack = nn.LayerList(blocks)
 
     def encode_frames(self, frames):
         """The per-frame 2-D encoder: [N, C, H, W] -> [N, z, H/f, W/f]."""
@@ -334,7 +332,8 @@ class Emu3VisionVQDecoder(nn.Layer):
         super().__init__()
         ch, ch_mult, z = config.ch, config.ch_mult, config.z_channels
         zq_ch = config.embed_dim
-        self.time_res_stack = nn.LayerList([Emu3VisionVQResnetTemporalBlock(z, z) for _ in range(config.num_res_blocks)])
+        blocks = [Emu3VisionVQResnetTemporalBlock(z, z) for _ in range(config.num_res_blocks)]
+        self.time_res_stack = nn.LayerList(blocks)
         n_time = int(math.log2(config.temporal_downsample_factor))
         self.time_conv = nn.LayerList([Emu3VisionVQTemporalUpsample(z) for _ in range(n_time)])
         block_in = ch * ch_mult[-1]
