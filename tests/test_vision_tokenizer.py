@@ -238,3 +238,19 @@ def test_frames_per_pass_only_bounds_memory(fixtures_dir, model):
         model.frames_per_pass = default
     assert max_diff(results[1][0], results[None][0]) <= 1e-5
     assert max_diff(results[1][1], results[None][1]) <= 1e-5
+
+
+def test_temporal_norm_other_dtypes_use_float32_statistics(model):
+    from paddlemix.models.emu3.modeling_emu3visionvq import _temporal_norm
+
+    norm = model.encoder.time_res_stack[0].norm1
+    x = paddle.randn([2, norm.weight.shape[0], 3, 4, 5])
+    expected = norm(x).numpy()
+    got = _temporal_norm(norm, x.astype("float64"))
+    assert got.dtype == paddle.float64
+    assert max_diff(got.numpy(), expected) <= 1e-6
+    mean, var = norm._mean.numpy(), norm._variance.numpy()
+    w, b = norm.weight.numpy(), norm.bias.numpy()
+    shape = [1, -1, 1, 1, 1]
+    ref = (x.numpy() - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5) * w.reshape(shape) + b.reshape(shape)
+    assert max_diff(expected, ref) <= 1e-5

@@ -85,6 +85,18 @@ class Emu3VisionVQCausalConv3d(nn.Layer):
         return self.conv(x)
 
 
+def _temporal_norm(norm, x):
+    """BatchNorm3D with its running statistics (eval), computed in float32 for other input dtypes.
+
+    The temporal blocks run on the small latent, so the upcast costs little, and Paddle's half-precision
+    batch_norm kernels expect float32 statistics.
+    """
+    if x.dtype == paddle.float32:
+        return norm(x)
+    f32 = [t.astype("float32") for t in (x, norm._mean, norm._variance, norm.weight, norm.bias)]
+    return F.batch_norm(*f32, training=False, epsilon=norm._epsilon).astype(x.dtype)
+
+
 class Emu3VisionVQResnetTemporalBlock(nn.Layer):
     """BatchNorm3D (eval statistics) -> SiLU -> causal conv, twice, plus the residual; on [B, C, T, H, W]."""
 
@@ -100,8 +112,8 @@ class Emu3VisionVQResnetTemporalBlock(nn.Layer):
             self.nin_shortcut = None
 
     def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(F.silu(_temporal_norm(self.norm1, x)))
+        h = self.conv2(F.silu(_temporal_norm(self.norm2, h)))
         if self.nin_shortcut is not None:
             x = self.nin_shortcut(x)
         return x + h
