@@ -95,8 +95,11 @@ def main(argv=None):
     if args.image_path is None and args.video_path is None:
         args.image_path = os.path.normpath(DEFAULT_IMAGE)
 
-    model = Emu3VisionVQModel.from_pretrained(args.model_path, dtype=args.dtype)
-    processor = Emu3VisionVQImageProcessor.from_pretrained(args.model_path)
+    try:
+        model = Emu3VisionVQModel.from_pretrained(args.model_path, dtype=args.dtype)
+        processor = Emu3VisionVQImageProcessor.from_pretrained(args.model_path)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        parser.error(f"cannot load the vision tokenizer from {args.model_path}: {e}")
     os.makedirs(args.output_dir, exist_ok=True)
     failures = 0
 
