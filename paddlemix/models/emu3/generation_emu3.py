@@ -5,7 +5,9 @@ and ``PrefixConstrainedLogitsProcessor(Emu3PrefixConstrainedLogitsHelper)``) by 
 
 * the conditional rows and the unconditional (negative prompt) rows run as ONE batch per step: both are left-padded
   to a common length, with explicit position ids and a key mask, so every row computes what its separate pass does;
-* one KV cache for prompt + new tokens is allocated before the first step and written in place;
+* one KV cache for prompt + new tokens is allocated before the first step and written in place; every step
+  attends over all its slots with a mask of the scores' exact shape that unhides one slot per step (same shapes
+  every step, no copies, no broadcast);
 * the allowed token range of every step (h rows of w visual tokens, each followed by eol, then eof, eoi, eos, pad) is
   computed once on the device from the step index and ``image_size`` as a ``[steps, B, 2]`` (lo, hi) table;
 * scoring and the token choice go through ``paddlemix.ops.cfg_sample``; only the last position's logits are formed;
@@ -228,10 +230,15 @@ def generate(
     rows = all_ids.shape[0]
     positions = np.where(all_mask == 1, np.cumsum(all_mask, axis=1) - 1, 1)
     dtype = model.dtype
+    capacity = longest + steps
     padded = not bool(all_mask.all())
-    key_mask = paddle.to_tensor(np.concatenate([all_mask, np.ones((rows, steps), np.int64)], axis=1))
-    step_masks = additive_mask(key_mask, 1, longest + steps - 1, dtype) if padded else None  # [R, 1, 1, T]
-    prefill_mask = additive_mask(key_mask[:, :longest], longest, 0, dtype) if padded else None
+    key_mask = paddle.to_tensor(np.concatenate([all_mask, np.zeros((rows, steps), np.int64)], axis=1))
+    prefill_mask = additive_mask(key_mask, longest, 0, dtype) if padded else None
+    # the decode mask has the attention scores' exact shape [R, Hk, g, capacity]; each step unhides its slot
+    group = config.num_attention_heads // config.num_key_value_heads
+    step_mask = additive_mask(key_mask, 1, capacity - 1, dtype).expand(
+        [rows, config.num_key_value_heads, group, capacity]
+    ).clone()
     next_pos = paddle.to_tensor(all_mask.sum(axis=1, keepdims=True))
 
     allowed = None
@@ -247,7 +254,7 @@ def generate(
     sync_every = 8 if on_gpu() else 1
     scale = float(guidance_scale) if use_cfg else None
 
-    cache = Emu3KVCache.for_model(config, rows, longest + steps, dtype)
+    cache = Emu3KVCache.for_model(config, rows, capacity, dtype)
     new_tokens = paddle.full([batch, steps], config.pad_token_id, dtype="int64")
     unfinished = paddle.ones([batch], dtype="bool")
     pad = paddle.full([batch], config.pad_token_id, dtype="int64")
@@ -276,7 +283,7 @@ def generate(
             if image_size is None and done % sync_every == 0 and not bool(unfinished.any()):
                 break
             step_ids = (paddle.concat([token, token]) if use_cfg else token).unsqueeze(1)
-            step_mask = step_masks[:, :, :, : longest + done] if padded else None
+            step_mask[:, :, :, longest + step] = 0.0
             logits = model.last_logits(step_ids, next_pos + step, step_mask, cache)
     bar.close()
     out = new_tokens[:, :done].numpy()
