@@ -293,3 +293,23 @@ def test_generation_script_on_fixture_checkpoints(fixtures_dir, tmp_path):
     bad = subprocess.run(cmd[:2] + ["--model_path", str(tmp_path / "missing"), "--prompt", "x"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "missing" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_text_generation_is_capped_at_max_position_embeddings(model, fixtures_dir):
+    cfg = model.config
+    _, ref = load_refs(fixtures_dir, "gen_vqa_single.npz")[0]
+    ids = ref["input_ids"]
+    reps = (cfg.max_position_embeddings - 3) // ids.shape[1] + 1
+    long_ids = np.tile(ids, (1, reps))[:, : cfg.max_position_embeddings - 3]
+    out = model.generate(long_ids, max_new_tokens=50, progress=False)
+    assert out.shape[1] <= cfg.max_position_embeddings and out.shape[1] > long_ids.shape[1]
+    with pytest.raises(ValueError, match="no room"):
+        model.generate(np.tile(ids, (1, reps))[:, : cfg.max_position_embeddings], max_new_tokens=1, progress=False)
+
+
+def test_single_image_size_applies_to_every_row(model, fixtures_dir):
+    _, ref = load_refs(fixtures_dir, "gen_t2i_single.npz")[0]
+    size = tuple(int(v) for v in ref["image_size"][0])
+    out = model.generate(ref["input_ids"], negative_prompt_ids=ref["neg_input_ids"], guidance_scale=3.0,
+                         image_size=size, progress=False).numpy()
+    np.testing.assert_array_equal(out, ref["sequences"])
