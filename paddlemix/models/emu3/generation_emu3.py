@@ -10,7 +10,8 @@ and ``PrefixConstrainedLogitsProcessor(Emu3PrefixConstrainedLogitsHelper)``) by 
   every step, no copies, no broadcast);
 * the allowed token range of every step (h rows of w visual tokens, each followed by eol, then eof, eoi, eos, pad) is
   computed once on the device from the step index and ``image_size`` as a ``[steps, B, 2]`` (lo, hi) table;
-* scoring and the token choice go through ``paddlemix.ops.cfg_sample``; only the last position's logits are formed;
+* scoring and the token choice go through ``paddlemix.ops.cfg_sample``; only the last position's logits are formed,
+  only over the visual columns when every row must emit a visual token, and not at all for forced tokens;
 * the host reads device values only to stop text generation early (once per step on CPU, every 8 steps on GPU).
 """
 
@@ -178,6 +179,11 @@ def generate(
         logger.warning("negative_prompt_ids is ignored: guidance_scale is %s", guidance_scale)
 
     if image_size is not None:
+        if config.first_visual_token_id >= config.vocab_size:
+            raise ValueError(
+                f"image generation needs visual tokens after <|image end|> (id {config.eoi_token_id}), but the "
+                f"vocabulary ends at {config.vocab_size - 1}"
+            )
         height, width = _image_grid(image_size, batch)
         is_img = ids == config.img_token_id
         missing = np.flatnonzero(~is_img.any(axis=1))
@@ -254,25 +260,43 @@ def generate(
     sync_every = 8 if on_gpu() else 1
     scale = float(guidance_scale) if use_cfg else None
 
+    # which steps need which logits, read once from the on-device table: a step where every row is forced to one
+    # token needs no logits at all; a step where every row may take any visual token needs only the visual columns
+    # of lm_head (the guided log-softmax differs from the full-vocabulary one by a per-row constant, which changes
+    # neither the argmax nor the sampling distribution); any other step uses the full lm_head and the table's range
+    plan = _step_plan(allowed.numpy(), config) if allowed is not None else ["full"] * steps
+    visual_head = None
+    if "visual" in plan:
+        visual_head = model.lm_head.weight[:, config.first_visual_token_id:].contiguous()
+
     cache = Emu3KVCache.for_model(config, rows, capacity, dtype)
     new_tokens = paddle.full([batch, steps], config.pad_token_id, dtype="int64")
     unfinished = paddle.ones([batch], dtype="bool")
     pad = paddle.full([batch], config.pad_token_id, dtype="int64")
     bar = tqdm(total=steps, desc="Emu3 generate", unit="tok", disable=not progress)
     with paddle.no_grad():
-        logits = model.last_logits(
-            paddle.to_tensor(all_ids), paddle.to_tensor(positions), prefill_mask, cache
-        )
+        hidden = model.model(paddle.to_tensor(all_ids), paddle.to_tensor(positions), prefill_mask, cache,
+                             last_only=True)[0][:, 0]
         done = 0
         for step in range(steps):
-            token = ops.cfg_sample(
-                logits[:batch],
-                logits[batch:] if use_cfg else None,
-                scale,
-                allowed[step] if allowed is not None else None,
-                *sample_args,
-                uniforms[step] if uniforms is not None else None,
-            )
+            if plan[step] == "forced":
+                token = allowed[step][:, 0]
+            else:
+                if plan[step] == "visual":
+                    logits, step_range = paddle.matmul(hidden, visual_head).astype("float32"), None
+                else:
+                    logits = model.lm_head(hidden).astype("float32")
+                    step_range = allowed[step] if allowed is not None else None
+                token = ops.cfg_sample(
+                    logits[:batch],
+                    logits[batch:] if use_cfg else None,
+                    scale,
+                    step_range,
+                    *sample_args,
+                    uniforms[step] if uniforms is not None else None,
+                )
+                if plan[step] == "visual":
+                    token = token + config.first_visual_token_id
             token = paddle.where(unfinished, token, pad)
             new_tokens[:, step] = token
             unfinished = unfinished & (token != config.eos_token_id)
@@ -284,11 +308,19 @@ def generate(
                 break
             step_ids = (paddle.concat([token, token]) if use_cfg else token).unsqueeze(1)
             step_mask[:, :, :, longest + step] = 0.0
-            logits = model.last_logits(step_ids, next_pos + step, step_mask, cache)
+            hidden = model.model(step_ids, next_pos + step, step_mask, cache, last_only=True)[0][:, 0]
     bar.close()
     out = new_tokens[:, :done].numpy()
     new_len = _generated_length(out, config.eos_token_id)
     return paddle.to_tensor(np.concatenate([ids, out[:, :new_len]], axis=1))
+
+
+def _step_plan(table, config):
+    """Per step: "forced" (every row has one allowed id), "visual" (every row may take any visual token) or "full"."""
+    lo, hi = table[..., 0], table[..., 1]
+    forced = (hi - lo == 1).all(axis=1)
+    visual = ((lo == config.first_visual_token_id) & (hi == config.vocab_size)).all(axis=1)
+    return ["forced" if f else "visual" if v else "full" for f, v in zip(forced, visual)]
 
 
 def _generated_length(tokens, eos_id):

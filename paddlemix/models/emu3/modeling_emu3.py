@@ -352,11 +352,6 @@ class Emu3ForCausalLM(PretrainedModel):
             past_key_values=cache if use_cache else None,
         )
 
-    def last_logits(self, input_ids, position_ids, attn_mask, cache):
-        """Float32 logits [B, V] of the last position only (what generation needs)."""
-        hidden, _ = self.model(input_ids, position_ids, attn_mask, cache, last_only=True)
-        return self.lm_head(hidden[:, 0]).astype("float32")
-
     def generate(self, input_ids, **kwargs):
         """Text or image generation; see ``generation_emu3.generate`` for the arguments."""
         from .generation_emu3 import generate
