@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import paddle
 import pytest
 
 from paddlemix.models.emu3.generation_emu3 import allowed_table, grid_length
