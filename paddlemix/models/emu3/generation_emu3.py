@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ... import ops
 from ..model_utils import on_gpu
-from .modeling_emu3 import Emu3KVCache, additive_mask
+from .modeling_emu3 import Emu3KVCache, additive_mask, to_float32
 
 logger = logging.getLogger(__name__)
 
@@ -283,9 +283,9 @@ def generate(
                 token = allowed[step][:, 0]
             else:
                 if plan[step] == "visual":
-                    logits, step_range = paddle.matmul(hidden, visual_head).astype("float32"), None
+                    logits, step_range = to_float32(paddle.matmul(hidden, visual_head)), None
                 else:
-                    logits = model.lm_head(hidden).astype("float32")
+                    logits = to_float32(model.lm_head(hidden))
                     step_range = allowed[step] if allowed is not None else None
                 token = ops.cfg_sample(
                     logits[:batch],

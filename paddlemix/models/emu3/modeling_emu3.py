@@ -65,11 +65,18 @@ def grouped_attention(q, keys, values, attn_mask):
             scores = scores.reshape([bsz, kv_heads, group * q_len, kv_len])
         else:
             scores = scores + attn_mask
-    probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
+    probs = F.softmax(to_float32(scores), axis=-1)
+    if probs.dtype != q.dtype:
+        probs = probs.astype(q.dtype)
     out = paddle.matmul(probs, values)  # [B, Hk, g*L, D]
     if q_len == 1:
         return out.reshape([bsz, 1, heads, dim])
     return out.reshape([bsz, heads, q_len, dim]).transpose([0, 2, 1, 3])
+
+
+def to_float32(x):
+    """x in float32 (no copy when it already is)."""
+    return x if x.dtype == paddle.float32 else x.astype("float32")
 
 
 def rope_inv_freq(config, kv_len):
@@ -345,7 +352,7 @@ class Emu3ForCausalLM(PretrainedModel):
         elif not bool(key_mask.astype("bool").all()):
             attn_mask = additive_mask(key_mask, q_len, 0, self.dtype)
         hidden, all_hidden = self.model(input_ids, position_ids, attn_mask, cache, output_hidden_states)
-        logits = self.lm_head(hidden).astype("float32")
+        logits = to_float32(self.lm_head(hidden))
         return Emu3CausalLMOutput(
             logits=logits,
             hidden_states=all_hidden if output_hidden_states else None,
