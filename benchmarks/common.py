@@ -63,7 +63,7 @@ def vqa_prompt(job):
     lm = job["lm_config"]
     rng = np.random.default_rng(11)
     h, w = job["vqa_grid"]
-    ids = [lm["bos_token_id"]] + rng.integers(0, job["text_vocab"], size=8).tolist()
+    ids = [lm["bos_token_id"]] + rng.integers(0, job["text_vocab"], size=4).tolist()
     ids += [lm["boi_token_id"]] + rng.integers(0, job["text_vocab"], size=5).tolist() + [lm["img_token_id"]]
     codes = rng.integers(0, job["codebook_size"], size=(h, w))
     for row in codes:

@@ -6,7 +6,7 @@ Uses the lm config and weights of run.py's full run (made if missing). Prints, p
 1. the weight-read floor: bytes of all weights but the embedding table / memory bandwidth (numpy copy);
 2. the matmuls alone: every projection of the model as a paddle matmul [1, in] x [in, out] on the model's own
    weights, nothing else (what the step would cost with zero overhead around the matmuls);
-3. the model's forward step (``last_logits`` with the KV cache), and ``generate``'s step (forward + cfg_sample +
+3. the model's forward step (public ``forward`` with the KV cache), and ``generate``'s step (forward + cfg_sample +
    bookkeeping), measured as in run.py;
 4. Paddle's profiler: the operators of the forward steps, the time spent in them and how many run per step.
 """
@@ -73,15 +73,14 @@ def main():
     def forward_steps(n, profile=None):
         cache = Emu3KVCache.for_model(config, 1, 128 + n + 1, model.dtype)
         with paddle.no_grad():
-            pos = paddle.arange(128, dtype="int64").unsqueeze(0)
-            logits = model.last_logits(prompt, pos, None, cache)
+            logits = model(prompt, past_key_values=cache, use_cache=True).logits[:, -1]
             if profile is not None:
                 profile.start()
             times = []
-            for i in range(n):
+            for _ in range(n):
                 token = paddle.argmax(logits, axis=-1).unsqueeze(1)
                 t0 = time.perf_counter()
-                logits = model.last_logits(token, paddle.full([1, 1], 128 + i, "int64"), None, cache)
+                logits = model(token, past_key_values=cache, use_cache=True).logits[:, -1]
                 logits.numpy()
                 times.append(time.perf_counter() - t0)
             if profile is not None:
@@ -90,7 +89,7 @@ def main():
 
     forward_steps(4)
     t_fwd = forward_steps(args.steps)
-    print(f"model forward step (last_logits, KV cache): {t_fwd * 1e3:.2f} ms/step "
+    print(f"model forward step (forward with KV cache): {t_fwd * 1e3:.2f} ms/step "
           f"({t_fwd / (step_bytes / bandwidth):.2f}x the floor, {t_fwd / t_mm:.2f}x the matmuls alone)")
 
     def gen(n):
@@ -106,7 +105,7 @@ def main():
     import paddle.profiler as profiler
 
     steps = 8
-    prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU], timer_only=False)
+    prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU], on_trace_ready=lambda p: None)
     forward_steps(steps, prof)
     _op_table(prof, steps, args.ops)
 

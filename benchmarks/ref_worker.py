@@ -134,7 +134,8 @@ def job_convert(job):
 
 
 def job_vq(job):
-    """Per size: one untimed encode+decode at that shape (first calls build kernels), then the timed runs."""
+    """Per size: an untimed encode+decode at that shape first if it is in warm_sizes (first calls at a shape build
+    kernels; the largest size is left out to save time, its kernel set-up is small against its run), then the timed runs."""
     import torch
 
     torch.set_num_threads(job["threads"])
@@ -144,7 +145,8 @@ def job_vq(job):
         for size in job["sizes"]:
             img = torch.from_numpy(common.test_image(size))
             sizes = torch.tensor([[size, size]])
-            model.decode(model.encode(img, sizes).image_tokens[0][None])
+            if size in job["warm_sizes"]:
+                model.decode(model.encode(img, sizes).image_tokens[0][None])
             t_enc, codes = common.timed(lambda: model.encode(img, sizes).image_tokens[0][None], job["repeats"])
             t_dec, _ = common.timed(lambda: model.decode(codes), job["repeats"])
             res[f"encode {size}"] = t_enc

@@ -80,10 +80,10 @@ FULL = {
     "lm": lm_config(40000, 32768, 512, 8, 8, 2, 1376, 4096),
     "memory_lm": lm_config(40000, 32768, 2048, 8, 16, 4, 5632, 4096),
     "params": {
-        "vq_sizes": [256, 512], "repeats": 3, "vq_repeats": 1,
+        "vq_sizes": [256, 512], "vq_warm_sizes": [256], "repeats": 3, "vq_repeats": 1,
         "prefill_len": 1024, "decode_prompt_len": 128, "decode_steps": 64, "decode_batches": [1, 2],
         "t2i_grid": [32, 32], "t2i_prompt_len": 20, "top_k": 2048, "guidance_scale": 3.0,
-        "vqa_grid": [32, 32], "vqa_question_len": 10, "vqa_new_tokens": 64,
+        "vqa_grid": [32, 32], "vqa_question_len": 4, "vqa_new_tokens": 64,
         "floor_bytes": 512 * 1024**2,
     },
 }
@@ -92,7 +92,7 @@ SMOKE = {
     "lm": lm_config(1000, 512, 64, 2, 4, 2, 160, 512),
     "memory_lm": lm_config(1000, 512, 256, 2, 4, 2, 512, 512),
     "params": {
-        "vq_sizes": [32], "repeats": 2, "vq_repeats": 2,
+        "vq_sizes": [32], "vq_warm_sizes": [32], "repeats": 2, "vq_repeats": 2,
         "prefill_len": 64, "decode_prompt_len": 8, "decode_steps": 8, "decode_batches": [1, 2],
         "t2i_grid": [4, 4], "t2i_prompt_len": 6, "top_k": 64, "guidance_scale": 3.0,
         "vqa_grid": [4, 4], "vqa_question_len": 4, "vqa_new_tokens": 8,
@@ -147,12 +147,17 @@ class Runner:
             env.update(self.args.ours_env)
         t0 = time.perf_counter()
         with open(log_path, "w", encoding="utf-8") as log:
-            proc = subprocess.run([python, script, job_path, out_path], stdout=log, stderr=subprocess.STDOUT, env=env)
+            try:
+                proc = subprocess.run([python, script, job_path, out_path], stdout=log, stderr=subprocess.STDOUT,
+                                      env=env, timeout=self.args.job_timeout)
+                code = proc.returncode
+            except subprocess.TimeoutExpired:
+                code = f"timeout after {self.args.job_timeout} s"
         took = time.perf_counter() - t0
-        if proc.returncode != 0 or not os.path.exists(out_path):
+        if code != 0 or not os.path.exists(out_path):
             with open(log_path, "r", encoding="utf-8", errors="replace") as f:
                 tail = f.read()[-2000:]
-            print(f"[{tag}] FAILED (exit {proc.returncode}, {took:.0f} s); log {log_path}:\n{tail}", flush=True)
+            print(f"[{tag}] FAILED (exit {code}, {took:.0f} s); log {log_path}:\n{tail}", flush=True)
             self.failed.append(tag)
             return None
         print(f"[{tag}] done in {took:.1f} s", flush=True)
@@ -241,7 +246,8 @@ class Runner:
     # ------------------------------------------------------------------ suites
     def suite_vq(self):
         p = self.params
-        ours, ref = self.both({"job": "vq", "sizes": p["vq_sizes"], "repeats": p["vq_repeats"]}, "vq", "vq")
+        ours, ref = self.both({"job": "vq", "sizes": p["vq_sizes"], "warm_sizes": p["vq_warm_sizes"],
+                               "repeats": p["vq_repeats"]}, "vq", "vq")
         for size in p["vq_sizes"]:
             for what in ("encode", "decode"):
                 self.add(f"VQ {what} {size}x{size}", self.get(ours, f"{what} {size}"), self.get(ref, f"{what} {size}"), "s")
@@ -375,6 +381,8 @@ def main():
     parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"),
                         help="markdown file the table is appended to (full runs; smoke runs only with --write)")
     parser.add_argument("--write", action="store_true", help="smoke mode: append the table to --results too")
+    parser.add_argument("--job-timeout", type=float, default=1200,
+                        help="seconds after which one worker process is stopped and its case reported as failed")
     parser.add_argument("--ours-env", action="append", default=[], metavar="VAR=VALUE",
                         help="an environment variable for our side only (e.g. PADDLEMIX_DISABLE_EXT_OPS=1); repeatable")
     args = parser.parse_args()
