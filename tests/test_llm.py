@@ -234,3 +234,17 @@ def test_forward_bad_inputs(model):
         model(np.zeros((1, 4), np.int64), position_ids=np.zeros((1, 3), np.int64))
     with pytest.raises(ValueError, match="past_key_values"):
         model(np.zeros((1, 4), np.int64), past_key_values=(1, 2))
+
+
+def test_long_prefill_in_query_blocks_equals_one_block(model, fixtures_dir, monkeypatch):
+    import paddlemix.models.emu3.modeling_emu3 as modeling
+
+    _, ref = [c for c in forward_cases(fixtures_dir) if "position_ids_generate" in c[1].files][0]
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+    whole = model(ids, attention_mask=mask).logits.numpy()
+    monkeypatch.setattr(modeling, "QUERY_CHUNK", 7)
+    blocks = model(ids, attention_mask=mask).logits.numpy()
+    unmasked = model(ids[:1]).logits.numpy()
+    monkeypatch.undo()
+    assert _max_diff(blocks, whole, mask.astype(bool)) < 1e-5
+    np.testing.assert_allclose(unmasked, model(ids[:1]).logits.numpy(), atol=1e-5)

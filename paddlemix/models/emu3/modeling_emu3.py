@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 _LOGGED_BACKENDS = set()
+QUERY_CHUNK = 1024  # queries per block of the matmul attention in long prefills
 
 
 def attention_backend(dtype, needs_cache_or_mask):
@@ -205,7 +206,16 @@ class Emu3Attention(nn.Layer):
                 keys, values = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
             if attn_mask is None and q_len > 1:
                 attn_mask = additive_mask(paddle.ones([1, keys.shape[2]], "int64"), q_len, past, q.dtype)
-            out = grouped_attention(q, keys, values, attn_mask)
+            if q_len <= QUERY_CHUNK:
+                out = grouped_attention(q, keys, values, attn_mask)
+            else:  # long prefills in query blocks: the scores never exceed [B, H, QUERY_CHUNK, S]
+                out = paddle.concat(
+                    [
+                        grouped_attention(q[:, i: i + QUERY_CHUNK], keys, values, attn_mask[:, :, i: i + QUERY_CHUNK])
+                        for i in range(0, q_len, QUERY_CHUNK)
+                    ],
+                    axis=1,
+                )
         return self.o_proj(out.reshape([bsz, q_len, self.num_heads * self.head_dim]))
 
 
