@@ -1,7 +1,7 @@
 from .configuration_emu3 import Emu3Config
 from .configuration_emu3visionvq import Emu3VisionVQConfig
 from .image_processing_emu3visionvq import Emu3VisionVQImageProcessor, smart_resize
-from .modeling_emu3 import Emu3ForCausalLM, Emu3Model
+from .modeling_emu3 import Emu3ForCausalLM, Emu3KVCache, Emu3Model
 from .modeling_emu3visionvq import Emu3VisionVQModel
 from .processing_emu3 import Emu3Processor
 from .tokenization_emu3 import Emu3Tokenizer
@@ -9,6 +9,7 @@ from .tokenization_emu3 import Emu3Tokenizer
 __all__ = [
     "Emu3Config",
     "Emu3ForCausalLM",
+    "Emu3KVCache",
     "Emu3Model",
     "Emu3Processor",
     "Emu3Tokenizer",
