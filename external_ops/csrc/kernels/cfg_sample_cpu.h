@@ -33,7 +33,7 @@ static inline int cfg_sample_cpu(const float* cond, const float* uncond, const i
   int status = 0;
   const int64_t V = p.vocab;
   const bool guide = uncond != nullptr && p.guide;
-#pragma omp parallel for schedule(static, 1) reduction(max : status)
+#pragma omp parallel for schedule(static, 1) reduction(max : status) if (p.batch * p.vocab >= (int64_t(1) << 22))
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t lo = allowed ? std::max<int64_t>(allowed[2 * b], 0) : 0;
     const int64_t hi = allowed ? std::min<int64_t>(allowed[2 * b + 1], V) : V;

@@ -11,6 +11,20 @@ namespace {
 
 int cfg_chunks(int64_t vocab) { return static_cast<int>(std::min<int64_t>(64, (vocab + 2047) / 2048)); }
 
+// dynamic shared memory for cfg_select's score cache: up to 160 KiB where the card allows it (set once per kernel)
+template <typename Kernel>
+int cfg_cache_floats(Kernel kernel, int* cached) {
+  if (*cached < 0) {
+    int dev = 0, optin = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    const int bytes = std::max(0, std::min(optin - 8 * 1024, 160 * 1024));
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    *cached = bytes / 4;
+  }
+  return *cached;
+}
+
 int vq_segments(int64_t n, int64_t k) {
   // enough blocks to fill the card: about 4 per SM on a large GPU
   const int64_t row_blocks = (n + 511) / 512;
@@ -67,15 +81,17 @@ void vq_nearest_cuda(const float* z, const float* codebook, int64_t* out, int64_
   float* ee = static_cast<float*>(workspace);
   float* best_d = ee + k;
   int* best_i = reinterpret_cast<int*>(best_d + static_cast<size_t>(seg) * n);
+  pmx_i64* o = reinterpret_cast<pmx_i64*>(out);
   pmx_vq_norms<<<(k + 255) / 256, 256, 0, s>>>(codebook, ee, (int)k, (int)c);
   if (c == 4) {
     const dim3 grid((unsigned)((n + 511) / 512), (unsigned)seg);
-    pmx_vq_partial_c4<<<grid, pmx_cuda::VQ_THREADS, 0, s>>>(z, codebook, ee, best_d, best_i, (int)n, (int)k, seg_len);
+    pmx_vq_partial_c4<<<grid, pmx_cuda::VQ_THREADS, 0, s>>>(z, codebook, ee, best_d, best_i, o, (int)n, (int)k,
+                                                            seg_len);
   } else {
     const dim3 grid((unsigned)((n + 127) / 128), (unsigned)seg);
-    pmx_vq_partial_generic<<<grid, 128, 0, s>>>(z, codebook, ee, best_d, best_i, (int)n, (int)k, (int)c, seg_len);
+    pmx_vq_partial_generic<<<grid, 128, 0, s>>>(z, codebook, ee, best_d, best_i, o, (int)n, (int)k, (int)c, seg_len);
   }
-  pmx_vq_merge<<<(n + 255) / 256, 256, 0, s>>>(best_d, best_i, reinterpret_cast<pmx_i64*>(out), (int)n, seg);
+  if (seg > 1) pmx_vq_merge<<<(n + 255) / 256, 256, 0, s>>>(best_d, best_i, o, (int)n, seg);
 }
 
 size_t cfg_sample_workspace_bytes(int64_t batch, int64_t vocab) {
@@ -100,19 +116,22 @@ void cfg_sample_cuda(const void* cond, const void* uncond, const int64_t* allowe
   const dim3 grid(a.chunks, (unsigned)args.batch);
   const pmx_i64* al = reinterpret_cast<const pmx_i64*>(allowed);
   pmx_i64* o = reinterpret_cast<pmx_i64*>(out);
+#define PMX_LAUNCH_CFG(SUFFIX, T)                                                                                  \
+  static int cap_##SUFFIX = -1;                                                                                    \
+  const int cap = cfg_cache_floats(pmx_cfg_select_##SUFFIX, &cap_##SUFFIX);                                        \
+  pmx_cfg_stats_##SUFFIX<<<grid, 256, 0, s>>>((const T*)cond, (const T*)uncond, a.vocab, a.chunks, a.guide,        \
+                                              partial);                                                            \
+  pmx_cfg_select_##SUFFIX<<<(unsigned)args.batch, 1024, cap * sizeof(float), s>>>(                                 \
+      (const T*)cond, (const T*)uncond, al, random, o, partial, a.vocab, a.chunks, a.guide, a.scale, a.greedy,     \
+      a.top_k, a.use_top_p, a.top_p_thr, a.use_temp, a.temperature, cap)
   if (dtype == kFloat32) {
-    pmx_cfg_stats_f32<<<grid, 256, 0, s>>>((const float*)cond, (const float*)uncond, a, partial);
-    pmx_cfg_select_f32<<<args.batch, 1024, 0, s>>>((const float*)cond, (const float*)uncond, al, random, o, partial,
-                                                   a);
+    PMX_LAUNCH_CFG(f32, float);
   } else if (dtype == kBFloat16) {
-    pmx_cfg_stats_bf16<<<grid, 256, 0, s>>>((const __nv_bfloat16*)cond, (const __nv_bfloat16*)uncond, a, partial);
-    pmx_cfg_select_bf16<<<args.batch, 1024, 0, s>>>((const __nv_bfloat16*)cond, (const __nv_bfloat16*)uncond, al,
-                                                    random, o, partial, a);
+    PMX_LAUNCH_CFG(bf16, __nv_bfloat16);
   } else {
-    pmx_cfg_stats_f16<<<grid, 256, 0, s>>>((const __half*)cond, (const __half*)uncond, a, partial);
-    pmx_cfg_select_f16<<<args.batch, 1024, 0, s>>>((const __half*)cond, (const __half*)uncond, al, random, o,
-                                                   partial, a);
+    PMX_LAUNCH_CFG(f16, __half);
   }
+#undef PMX_LAUNCH_CFG
 }
 
 }  // namespace pmx

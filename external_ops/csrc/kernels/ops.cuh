@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 typedef long long pmx_i64;
+#define PMX_INF __int_as_float(0x7f800000)
 
 namespace pmx_cuda {
 
@@ -37,56 +38,43 @@ template <typename T> __device__ T block_sum(T v, T* sh) {
   return warp_sum(t);
 }
 
-// exclusive prefix sum over the block in thread order; *total gets the block total
-template <typename T> __device__ T block_exclusive_scan(T v, T* sh, T* total) {
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  T x = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    T y = __shfl_up_sync(0xffffffffu, x, o);
-    if (lane >= o) x += y;
-  }
-  __syncthreads();
-  if (lane == 31) sh[wid] = x;
-  __syncthreads();
-  if (wid == 0) {
-    T w = lane < nw ? sh[lane] : T(0);
-    T s = w;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      T y = __shfl_up_sync(0xffffffffu, s, o);
-      if (lane >= o) s += y;
-    }
-    if (lane < nw) sh[lane] = s - w;
-    if (lane == 31) sh[32] = s;
-  }
-  __syncthreads();
-  *total = sh[32];
-  return sh[wid] + x - v;
-}
-
 // ---------------------------------------------------------------- rms_norm
 // One block per row. float32 statistics; y = weight * T(x * rsqrt(mean(x^2) + eps)).
+// VEC elements loaded or stored as one access (16 bytes for the vector path)
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
 template <typename T, int VEC>
 __device__ void rms_norm_row(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int hidden,
                              float eps) {
   __shared__ float sh[33];
+  typedef Pack<T, VEC> P;
+  const P* xp = reinterpret_cast<const P*>(x);
+  const P* wp = reinterpret_cast<const P*>(w);
+  P* yp = reinterpret_cast<P*>(y);
+  const int packs = hidden / VEC;
   float s = 0.f;
-  for (int i = threadIdx.x * VEC; i < hidden; i += blockDim.x * VEC) {
+  for (int i = threadIdx.x; i < packs; i += blockDim.x) {
+    const P xv = xp[i];
 #pragma unroll
     for (int v = 0; v < VEC; ++v) {
-      const float f = to_f(x[i + v]);
+      const float f = to_f(xv.v[v]);
       s += f * f;
     }
   }
   s = block_sum(s, sh);
   const float inv = rsqrtf(s / (float)hidden + eps);
-  for (int i = threadIdx.x * VEC; i < hidden; i += blockDim.x * VEC) {
+  for (int i = threadIdx.x; i < packs; i += blockDim.x) {
+    const P xv = xp[i], wv = wp[i];
+    P yv;
 #pragma unroll
     for (int v = 0; v < VEC; ++v) {
-      const float n = rnd<T>(__fmul_rn(to_f(x[i + v]), inv));
-      y[i + v] = from_f<T>(__fmul_rn(to_f(w[i + v]), n));
+      const float n = rnd<T>(__fmul_rn(to_f(xv.v[v]), inv));
+      yv.v[v] = from_f<T>(__fmul_rn(to_f(wv.v[v]), n));
     }
+    yp[i] = yv;
   }
 }
 
@@ -97,7 +85,7 @@ __device__ void rms_norm_impl(const T* x, const T* w, T* y, pmx_i64 rows, int hi
   x += r * hidden;
   y += r * hidden;
   constexpr int VEC = 16 / sizeof(T);
-  // 16-byte vectors when the row allows it: the compiler merges the VEC unrolled accesses into one
+  // 16-byte accesses when the row allows it
   if (hidden % VEC == 0 && ((size_t)x % 16) == 0 && ((size_t)y % 16) == 0 && ((size_t)w % 16) == 0)
     rms_norm_row<T, VEC>(x, w, y, hidden, eps);
   else
@@ -144,7 +132,8 @@ constexpr int VQ_TILE = 256;
 
 template <int C, int R>
 __device__ void vq_partial_impl(const float* __restrict__ z, const float* __restrict__ e, const float* __restrict__ ee,
-                                float* __restrict__ best_d, int* __restrict__ best_i, int n, int k, int seg_len) {
+                                float* __restrict__ best_d, int* __restrict__ best_i, pmx_i64* __restrict__ out, int n,
+                                int k, int seg_len) {
   __shared__ float et[VQ_TILE * C];
   __shared__ float eet[VQ_TILE];
   const int row0 = (blockIdx.x * VQ_THREADS + threadIdx.x) * R;
@@ -153,7 +142,7 @@ __device__ void vq_partial_impl(const float* __restrict__ z, const float* __rest
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     zz[r] = 0.f;
-    bd[r] = INFINITY;
+    bd[r] = PMX_INF;
     bi[r] = 0x7fffffff;
 #pragma unroll
     for (int c = 0; c < C; ++c) {
@@ -190,20 +179,24 @@ __device__ void vq_partial_impl(const float* __restrict__ z, const float* __rest
 #pragma unroll
   for (int r = 0; r < R; ++r)
     if (row0 + r < n) {
-      best_d[(pmx_i64)blockIdx.y * n + row0 + r] = bd[r];
-      best_i[(pmx_i64)blockIdx.y * n + row0 + r] = bi[r];
+      if (gridDim.y == 1) {  // one segment: the answer itself
+        out[row0 + r] = bi[r] == 0x7fffffff ? 0 : bi[r];
+      } else {
+        best_d[(pmx_i64)blockIdx.y * n + row0 + r] = bd[r];
+        best_i[(pmx_i64)blockIdx.y * n + row0 + r] = bi[r];
+      }
     }
 }
 
 // Any C: one row per thread, z read from global memory (generic path, not tuned).
-__device__ void vq_partial_generic(const float* z, const float* e, const float* ee, float* best_d, int* best_i, int n,
-                                   int k, int c_dim, int seg_len) {
+__device__ void vq_partial_generic(const float* z, const float* e, const float* ee, float* best_d, int* best_i,
+                                   pmx_i64* out, int n, int k, int c_dim, int seg_len) {
   const int row = blockIdx.x * blockDim.x + threadIdx.x;
   if (row >= n) return;
   const float* zr = z + (pmx_i64)row * c_dim;
   float zz = 0.f;
   for (int c = 0; c < c_dim; ++c) zz = __fadd_rn(zz, __fmul_rn(zr[c], zr[c]));
-  float bd = INFINITY;
+  float bd = PMX_INF;
   int bi = 0x7fffffff;
   const int k0 = blockIdx.y * seg_len, k1 = min(k, k0 + seg_len);
   for (int j = k0; j < k1; ++j) {
@@ -216,8 +209,12 @@ __device__ void vq_partial_generic(const float* z, const float* e, const float* 
       bi = j;
     }
   }
-  best_d[(pmx_i64)blockIdx.y * n + row] = bd;
-  best_i[(pmx_i64)blockIdx.y * n + row] = bi;
+  if (gridDim.y == 1) {
+    out[row] = bi == 0x7fffffff ? 0 : bi;
+  } else {
+    best_d[(pmx_i64)blockIdx.y * n + row] = bd;
+    best_i[(pmx_i64)blockIdx.y * n + row] = bi;
+  }
 }
 
 // ---------------------------------------------------------------- cfg_sample
@@ -239,6 +236,7 @@ struct CfgArgs {
   float top_p_thr;  // float(1 - top_p)
   int use_temp;
   float temperature;
+  int cache_cap;    // scores of the range held in dynamic shared memory (floats); larger ranges re-read the logits
 };
 
 __device__ __forceinline__ void online_add(float& m, float& s, float x) {
@@ -250,8 +248,8 @@ __device__ __forceinline__ void online_add(float& m, float& s, float x) {
   }
 }
 __device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
-  if (m2 == -INFINITY) return;
-  if (m == -INFINITY) {
+  if (m2 == -PMX_INF) return;
+  if (m == -PMX_INF) {
     m = m2;
     s = s2;
     return;
@@ -273,7 +271,7 @@ __device__ void block_online_merge(float& m, float& s, float* sh) {
     sh[2 * wid + 1] = s;
   }
   __syncthreads();
-  m = lane < nw ? sh[2 * lane] : -INFINITY;
+  m = lane < nw ? sh[2 * lane] : -PMX_INF;
   s = lane < nw ? sh[2 * lane + 1] : 0.f;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -288,15 +286,14 @@ __device__ void cfg_stats_impl(const T* cond, const T* uncond, CfgArgs a, float*
   const int b = blockIdx.y;
   const pmx_i64 per = (a.vocab + a.chunks - 1) / a.chunks;
   const pmx_i64 i0 = (pmx_i64)blockIdx.x * per, i1 = min(a.vocab, i0 + per);
-  float mc = -INFINITY, sc = 0.f, mu = -INFINITY, su = 0.f;
+  float mc = -PMX_INF, sc = 0.f, mu = -PMX_INF, su = 0.f;
   const T* c = cond + b * a.vocab;
+  const T* u = uncond + b * a.vocab;
   for (pmx_i64 i = i0 + threadIdx.x; i < i1; i += blockDim.x) online_add(mc, sc, to_f(c[i]));
-  block_online_merge(mc, sc, sh);
-  if (a.guide) {
-    const T* u = uncond + b * a.vocab;
+  if (a.guide)
     for (pmx_i64 i = i0 + threadIdx.x; i < i1; i += blockDim.x) online_add(mu, su, to_f(u[i]));
-    block_online_merge(mu, su, sh);
-  }
+  block_online_merge(mc, sc, sh);
+  block_online_merge(mu, su, sh);
   if (threadIdx.x == 0) {
     float* p = partial + ((pmx_i64)b * a.chunks + blockIdx.x) * 4;
     p[0] = mc;
@@ -413,7 +410,7 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   // log-softmax normalisers from the chunk statistics
   CfgRow row;
   {
-    float m1 = -INFINITY, s1 = 0.f, m2 = -INFINITY, s2 = 0.f;
+    float m1 = -PMX_INF, s1 = 0.f, m2 = -PMX_INF, s2 = 0.f;
     for (int i = tid; i < a.chunks; i += blockDim.x) {
       const float* p = partial + ((pmx_i64)b * a.chunks + i) * 4;
       online_merge(m1, s1, p[0], p[1]);
@@ -439,12 +436,17 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   c += lo;
   if (u) u += lo;
   const bool sampling = !a.greedy;
+  // sampling makes several passes over the range: its scores are kept in shared memory when they fit
+  extern __shared__ float cache[];
+  const bool use_cache = sampling && n <= a.cache_cap;
+  auto score = [&](pmx_i64 i) -> float { return use_cache ? cache[i] : cfg_score(c, u, i, row, a, true); };
 
   // max (first index on ties): the greedy answer, and the softmax shift when sampling
-  float bm = -INFINITY;
+  float bm = -PMX_INF;
   pmx_i64 bidx = n;
   for (pmx_i64 i = tid; i < n; i += blockDim.x) {
     const float s = cfg_score(c, u, i, row, a, sampling);
+    if (use_cache) cache[i] = s;
     if (s > bm) {
       bm = s;
       bidx = i;
@@ -467,7 +469,7 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   }
   __syncthreads();
   if (tid < 32) {
-    bm = tid < (int)(blockDim.x >> 5) ? shm[tid] : -INFINITY;
+    bm = tid < (int)(blockDim.x >> 5) ? shm[tid] : -PMX_INF;
     bidx = tid < (int)(blockDim.x >> 5) ? shi[tid] : n;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -497,9 +499,17 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
       __syncthreads();
-      for (pmx_i64 i = tid; i < n; i += blockDim.x) {
-        const unsigned int key = fkey(cfg_score(c, u, i, row, a, true));
-        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      // every lane of a warp runs the same iterations, so lanes hitting the same bin add once (__match_any_sync):
+      // the high digits of similar scores all fall in one or two bins
+      for (pmx_i64 base = 0; base < n; base += blockDim.x) {
+        const pmx_i64 i = base + tid;
+        unsigned int bin = 256u;
+        if (i < n) {
+          const unsigned int key = fkey(score(i));
+          if ((key & mask) == prefix) bin = (key >> shift) & 255u;
+        }
+        const unsigned int peers = __match_any_sync(0xffffffffu, bin);
+        if (bin < 256u && (tid & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned int)__popc(peers));
       }
       __syncthreads();
       if (tid < 32) radix_pick_desc(hist, k, &sh_digit, &sh_above);
@@ -520,7 +530,7 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   if (a.use_top_p) {
     float z = 0.f;
     for (pmx_i64 i = tid; i < n; i += blockDim.x) {
-      const float s = cfg_score(c, u, i, row, a, true);
+      const float s = score(i);
       if (fkey(s) >= kth) z += expf(s - smax);
     }
     z = block_sum(z, shf);
@@ -531,7 +541,7 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
       for (int i = tid; i < 256; i += blockDim.x) histw[i] = 0.f;
       __syncthreads();
       for (pmx_i64 i = tid; i < n; i += blockDim.x) {
-        const float s = cfg_score(c, u, i, row, a, true);
+        const float s = score(i);
         const unsigned int key = fkey(s);
         if (key >= kth && (key & mask) == prefix) atomicAdd(&histw[(key >> shift) & 255u], expf(s - smax));
       }
@@ -546,12 +556,12 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
     pkey = prefix;
     // tied tokens at T: same weight w each; the first r of them (index order) go while below + j w <= thr
     unsigned int cnt = 0;
-    for (pmx_i64 i = tid; i < n; i += blockDim.x) cnt += fkey(cfg_score(c, u, i, row, a, true)) == pkey;
+    for (pmx_i64 i = tid; i < n; i += blockDim.x) cnt += fkey(score(i)) == pkey;
     cnt = block_sum(cnt, (unsigned int*)hist);
     // the weight every tied token shares
     float wone = 0.f;
     for (pmx_i64 i = tid; i < n && wone == 0.f; i += blockDim.x) {
-      const float s = cfg_score(c, u, i, row, a, true);
+      const float s = score(i);
       if (fkey(s) == pkey) wone = expf(s - smax);
     }
 #pragma unroll
@@ -570,80 +580,103 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
     __syncthreads();
   }
 
-  // inverse CDF in index order: each thread owns a contiguous chunk; block scans give each chunk its offsets
-  const pmx_i64 per = (n + blockDim.x - 1) / blockDim.x;
-  const pmx_i64 i0 = min(n, tid * per), i1 = min(n, i0 + per);
-  pmx_i64 tie_base = 0;
-  if (a.use_top_p) {
-    unsigned int tc = 0;
-    for (pmx_i64 i = i0; i < i1; ++i) tc += fkey(cfg_score(c, u, i, row, a, true)) == pkey;
-    unsigned int tot;
-    tie_base = block_exclusive_scan(tc, (unsigned int*)hist, &tot);
-  }
+  // inverse CDF in index order: each warp owns a contiguous segment and walks it 32 tokens at a time (coalesced);
+  // the warps' totals, summed in warp order, give each segment its offset.
+  __shared__ float seg_w[32];
+  __shared__ unsigned int seg_t[32];
+  __shared__ pmx_i64 seg_last[32];
+  const int lane = tid & 31, wid = tid >> 5, nw = blockDim.x >> 5;
+  const unsigned int lanes_below = (1u << lane) - 1u;
+  const pmx_i64 seg = ((n + nw - 1) / nw + 31) / 32 * 32;
+  const pmx_i64 s0 = min(n, (pmx_i64)wid * seg), s1 = min(n, s0 + seg);
+  // weight of token i if it survives top-k and top-p; tr: rank of i among the tokens tied at the top-p key
+  auto weight = [&](float s, unsigned int key, unsigned int tr) -> float {
+    bool keep = key >= kth;
+    if (a.use_top_p) keep = keep && (key > pkey || (key == pkey && tr >= (unsigned int)ptie_removed));
+    return keep ? expf(s - smax) : 0.f;
+  };
+  unsigned int ties = 0;
   float wsum = 0.f;
-  pmx_i64 last_kept = -1;
-  {
-    pmx_i64 tr = tie_base;
-    for (pmx_i64 i = i0; i < i1; ++i) {
-      const float s = cfg_score(c, u, i, row, a, true);
-      const unsigned int key = fkey(s);
-      bool keep = key >= kth;
-      if (a.use_top_p) {
-        if (key == pkey) keep = keep && (tr++ >= ptie_removed);
-        else keep = keep && key > pkey;
-      }
-      if (keep) {
-        const float w = expf(s - smax);
-        wsum += w;
-        if (w > 0.f) last_kept = i;
-      }
+  pmx_i64 last = -1;
+  if (a.use_top_p) {  // tokens tied at the top-p key per segment, so that each knows its rank among them
+    for (pmx_i64 base = s0; base < s1; base += 32) {
+      const pmx_i64 i = base + lane;
+      ties += __popc(__ballot_sync(0xffffffffu, i < s1 && fkey(score(i)) == pkey));
     }
   }
-  float total;
-  const float wbase = block_exclusive_scan(wsum, shf, &total);
+  if (lane == 0) seg_t[wid] = ties;
+  __syncthreads();
+  unsigned int tie_base = 0;
+  for (int w = 0; w < wid; ++w) tie_base += seg_t[w];
+  {
+    unsigned int tr = tie_base;
+    for (pmx_i64 base = s0; base < s1; base += 32) {
+      const pmx_i64 i = base + lane;
+      float s = 0.f;
+      unsigned int key = 0;
+      if (i < s1) {
+        s = score(i);
+        key = fkey(s);
+      }
+      const unsigned int tie_mask = __ballot_sync(0xffffffffu, i < s1 && a.use_top_p && key == pkey);
+      const float w = i < s1 ? weight(s, key, tr + __popc(tie_mask & lanes_below)) : 0.f;
+      tr += __popc(tie_mask);
+      wsum += w;
+      if (w > 0.f) last = i;
+    }
+  }
+  wsum = warp_sum(wsum);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const pmx_i64 y = __shfl_xor_sync(0xffffffffu, last, o);
+    last = y > last ? y : last;
+  }
+  if (lane == 0) {
+    seg_w[wid] = wsum;
+    seg_last[wid] = last;
+  }
   if (tid == 0) sh_pick = -1;
   __syncthreads();
+  float wbase = 0.f, total = 0.f;
+  pmx_i64 last_all = -1;
+  for (int w = 0; w < nw; ++w) {
+    if (w < wid) wbase += seg_w[w];
+    total += seg_w[w];
+    last_all = seg_last[w] > last_all ? seg_last[w] : last_all;
+  }
   const float target = random[b] * total;
-  if (wsum > 0.f && wbase <= target && target < wbase + wsum) {
-    pmx_i64 tr = tie_base;
+  if (wsum > 0.f && wbase <= target && target < wbase + wsum) {  // this warp's segment holds the draw
+    unsigned int tr = tie_base;
     float cum = wbase;
-    for (pmx_i64 i = i0; i < i1; ++i) {
-      const float s = cfg_score(c, u, i, row, a, true);
-      const unsigned int key = fkey(s);
-      bool keep = key >= kth;
-      if (a.use_top_p) {
-        if (key == pkey) keep = keep && (tr++ >= ptie_removed);
-        else keep = keep && key > pkey;
+    for (pmx_i64 base = s0; base < s1; base += 32) {
+      const pmx_i64 i = base + lane;
+      float s = 0.f;
+      unsigned int key = 0;
+      if (i < s1) {
+        s = score(i);
+        key = fkey(s);
       }
-      if (keep) {
-        cum += expf(s - smax);
-        if (cum > target) {
-          sh_pick = i;
-          break;
-        }
-        if (i == last_kept) {  // rounding inside the chunk: stay on its last kept token
-          sh_pick = i;
-        }
+      const unsigned int tie_mask = __ballot_sync(0xffffffffu, i < s1 && a.use_top_p && key == pkey);
+      const float w = i < s1 ? weight(s, key, tr + __popc(tie_mask & lanes_below)) : 0.f;
+      tr += __popc(tie_mask);
+      float incl = w;  // inclusive prefix over the lanes, in index order
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const float y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
       }
+      const unsigned int hit = __ballot_sync(0xffffffffu, w > 0.f && cum + incl > target);
+      if (hit) {
+        if (lane == 0) sh_pick = base + __ffs(hit) - 1;
+        break;
+      }
+      cum += __shfl_sync(0xffffffffu, incl, 31);
     }
+    if (lane == 0 && sh_pick < 0) sh_pick = last;  // rounding inside the segment: its last kept token
   }
   __syncthreads();
-  if (sh_pick < 0) {  // target at or past the total (rounding): the last kept token
-    pmx_i64 lk = last_kept;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const pmx_i64 y = __shfl_xor_sync(0xffffffffu, lk, o);
-      lk = y > lk ? y : lk;
-    }
-    if ((tid & 31) == 0) shi[tid >> 5] = lk;
-    __syncthreads();
-    if (tid == 0) {
-      pmx_i64 m = -1;
-      for (int i = 0; i < (int)(blockDim.x >> 5); ++i) m = shi[i] > m ? shi[i] : m;
-      sh_pick = m >= 0 ? m : shi[0];
-    }
-    __syncthreads();
-  }
+  if (tid == 0 && sh_pick < 0) sh_pick = last_all;  // target at or past the total (rounding): the last kept token
+  __syncthreads();
   if (tid == 0) out[b] = lo + (sh_pick >= 0 ? sh_pick : 0);
 }
 
@@ -674,15 +707,16 @@ extern "C" __global__ void pmx_vq_norms(const float* e, float* ee, int k, int c_
   for (int c = 0; c < c_dim; ++c) s = __fadd_rn(s, __fmul_rn(e[(pmx_i64)j * c_dim + c], e[(pmx_i64)j * c_dim + c]));
   ee[j] = s;
 }
-// C == 4 (Emu3's codebook), 4 rows per thread; launch with VQ_THREADS threads, grid (ceil(n / 512), segments)
+// C == 4 (Emu3's codebook), 4 rows per thread; launch with VQ_THREADS threads, grid (ceil(n / 512), segments).
+// With one segment the kernel writes out[] itself; with several, pmx_vq_merge combines the segments' minima.
 extern "C" __global__ void __launch_bounds__(128) pmx_vq_partial_c4(const float* z, const float* e, const float* ee,
-                                                                    float* best_d, int* best_i, int n, int k,
-                                                                    int seg_len) {
-  pmx_cuda::vq_partial_impl<4, 4>(z, e, ee, best_d, best_i, n, k, seg_len);
+                                                                    float* best_d, int* best_i, pmx_i64* out, int n,
+                                                                    int k, int seg_len) {
+  pmx_cuda::vq_partial_impl<4, 4>(z, e, ee, best_d, best_i, out, n, k, seg_len);
 }
 extern "C" __global__ void pmx_vq_partial_generic(const float* z, const float* e, const float* ee, float* best_d,
-                                                  int* best_i, int n, int k, int c_dim, int seg_len) {
-  pmx_cuda::vq_partial_generic(z, e, ee, best_d, best_i, n, k, c_dim, seg_len);
+                                                  int* best_i, pmx_i64* out, int n, int k, int c_dim, int seg_len) {
+  pmx_cuda::vq_partial_generic(z, e, ee, best_d, best_i, out, n, k, c_dim, seg_len);
 }
 extern "C" __global__ void pmx_vq_merge(const float* best_d, const int* best_i, pmx_i64* out, int n, int segments) {
   const int r = blockIdx.x * blockDim.x + threadIdx.x;
@@ -700,14 +734,19 @@ extern "C" __global__ void pmx_vq_merge(const float* best_d, const int* best_i, 
   out[r] = bi == 0x7fffffff ? 0 : bi;
 }
 
+// scalar arguments (not the CfgArgs struct) so that any launcher, CuPy included, can call them
 #define PMX_CFG(SUFFIX, T)                                                                                         \
-  extern "C" __global__ void pmx_cfg_stats_##SUFFIX(const T* cond, const T* uncond, pmx_cuda::CfgArgs a,          \
-                                                      float* partial) {                                            \
+  extern "C" __global__ void pmx_cfg_stats_##SUFFIX(const T* cond, const T* uncond, pmx_i64 vocab, int chunks,    \
+                                                      int guide, float* partial) {                                 \
+    pmx_cuda::CfgArgs a = {vocab, chunks, guide, 1.f, 0, 0, 0, 0.f, 0, 1.f, 0};                                       \
     pmx_cuda::cfg_stats_impl<T>(cond, uncond, a, partial);                                                         \
   }                                                                                                                \
-  extern "C" __global__ void __launch_bounds__(1024)                                                               \
-      pmx_cfg_select_##SUFFIX(const T* cond, const T* uncond, const pmx_i64* allowed, const float* random,         \
-                              pmx_i64* out, const float* partial, pmx_cuda::CfgArgs a) {                           \
+  extern "C" __global__ void __launch_bounds__(1024) pmx_cfg_select_##SUFFIX(                                      \
+      const T* cond, const T* uncond, const pmx_i64* allowed, const float* random, pmx_i64* out,                   \
+      const float* partial, pmx_i64 vocab, int chunks, int guide, float scale, int greedy, int top_k,              \
+      int use_top_p, float top_p_thr, int use_temp, float temperature, int cache_cap) {                            \
+    pmx_cuda::CfgArgs a = {vocab, chunks, guide, scale, greedy, top_k, use_top_p, top_p_thr, use_temp,             \
+                           temperature, cache_cap};                                                                \
     pmx_cuda::cfg_select_impl<T>(cond, uncond, allowed, random, out, partial, a);                                  \
   }
 PMX_CFG(f32, float)

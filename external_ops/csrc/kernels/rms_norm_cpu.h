@@ -4,11 +4,13 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cpu_math.h"
+
 namespace pmx {
 
 static inline void rms_norm_cpu(const float* x, const float* weight, float* y, int64_t rows, int64_t hidden,
                                 float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * hidden >= kParallelMinWork)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * hidden;
     float* yr = y + r * hidden;

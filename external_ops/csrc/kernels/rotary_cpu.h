@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu_math.h"
+
 namespace pmx {
 
 static inline void rotary_heads_cpu(const float* x, float* out, int64_t heads, int64_t dim, const float* cs,
@@ -29,7 +31,7 @@ static inline void rotary_embedding_cpu(const float* q, const float* k, const in
                                         float* q_out, float* k_out, int64_t batch, int64_t seq, int64_t q_heads,
                                         int64_t k_heads, int64_t dim) {
   const int64_t half = dim / 2;
-#pragma omp parallel
+#pragma omp parallel if (batch * seq * (q_heads + k_heads) * dim >= kParallelMinWork)
   {
     std::vector<float> cs(half), sn(half);
 #pragma omp for schedule(static)

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu_math.h"
+
 namespace pmx {
 
 static inline void vq_nearest_cpu(const float* z, const float* codebook, int64_t* out, int64_t n, int64_t k,
@@ -20,7 +22,7 @@ static inline void vq_nearest_cpu(const float* z, const float* codebook, int64_t
       ee[j] += v * v;
     }
   const int64_t tile = 2048;
-#pragma omp parallel
+#pragma omp parallel if (n * k * c >= kParallelMinWork)
   {
     std::vector<float> d(tile);
 #pragma omp for schedule(static)

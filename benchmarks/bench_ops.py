@@ -1,0 +1,124 @@
+"""CPU time of each fused op: the compiled extension (paddlemix_ops) against its pure-Paddle fallback, same inputs,
+same process, float32, at Emu3 shapes. Prints a markdown table and appends it to benchmarks/RESULTS.md.
+
+    python benchmarks/bench_ops.py                 # needs the extension: cd external_ops && python setup.py install
+    python benchmarks/bench_ops.py --no-append --repeats 3
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import paddle
+
+import paddlemix.ops as ops
+from paddlemix.ops import fallback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ALL_OPS = frozenset({"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample"})
+
+
+def median_time(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def cases(rng):
+    """(op, shape label, fallback call, extension call, equal(a, b) check)."""
+    t = paddle.to_tensor
+    out = []
+    for shape in ((2, 1, 4096), (1, 1024, 4096)):
+        x, w = t(rng.standard_normal(shape).astype("float32")), t(rng.standard_normal(shape[-1]).astype("float32"))
+        out.append(("rms_norm", f"x {list(shape)}", lambda x=x, w=w: fallback.rms_norm(x, w, 1e-6),
+                    lambda x=x, w=w: ops.rms_norm(x, w, 1e-6)))
+    for b, l in ((2, 1), (1, 1024)):
+        q = t(rng.standard_normal((b, l, 32, 128)).astype("float32"))
+        k = t(rng.standard_normal((b, l, 8, 128)).astype("float32"))
+        pos = t(np.tile(np.arange(4000, 4000 + l), (b, 1)).astype("int64"))
+        f = t((1.0 / 1e6 ** (np.arange(0, 128, 2) / 128)).astype("float32"))
+        out.append(("rotary_embedding", f"q [{b},{l},32,128] k [{b},{l},8,128]",
+                    lambda q=q, k=k, p=pos, f=f: fallback.rotary_embedding(q, k, p, f),
+                    lambda q=q, k=k, p=pos, f=f: ops.rotary_embedding(q, k, p, f)))
+    z = t(rng.standard_normal((4096, 4)).astype("float32"))
+    e = t(rng.standard_normal((32768, 4)).astype("float32"))
+    out.append(("vq_nearest", "[4096, 4] x [32768, 4]", lambda: fallback.vq_nearest(z, e),
+                lambda: ops.vq_nearest(z, e)))
+    b, v = 2, 184622
+    cond = t((rng.standard_normal((b, v)) * 3).astype("float32"))
+    uncond = t((rng.standard_normal((b, v)) * 3).astype("float32"))
+    allowed = t(np.array([[151854, 151854 + 32768]] * b, "int64"))
+    uniforms = t(rng.random(b).astype("float32"))
+    for label, top_k, top_p, temp, rnd in (
+        ("greedy", 0, 1.0, 1.0, None),
+        ("sample top-k 2048", 2048, 1.0, 1.0, uniforms),
+        ("sample top-k 2048 top-p 0.9 T 0.8", 2048, 0.9, 0.8, uniforms),
+    ):
+        args = (cond, uncond, 3.0, allowed, top_k, top_p, temp, rnd)
+        out.append(("cfg_sample", f"B={b} V={v} range 32768, {label}", lambda a=args: fallback.cfg_sample(*a),
+                    lambda a=args: ops.cfg_sample(*a)))
+    return out
+
+
+def machine():
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, Paddle {paddle.__version__}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-append", action="store_true", help="print only; do not append to benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    if ops.extension() is None:
+        sys.exit("paddlemix_ops is not available: build it (cd external_ops && python setup.py install) and make sure "
+                 "PADDLEMIX_DISABLE_EXT_OPS is not set")
+    ops.CPU_EXT_OPS = ALL_OPS  # time every kernel, whatever the default choice is
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    with paddle.no_grad():
+        for op, shape, fb, ext in cases(rng):
+            same = all(np.array_equal(a.numpy(), b.numpy()) or np.allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+                       for a, b in zip(_as_tuple(fb()), _as_tuple(ext())))
+            t_fb, t_ext = median_time(fb, args.repeats), median_time(ext, args.repeats)
+            rows.append((op, shape, t_fb * 1e3, t_ext * 1e3, t_fb / t_ext, same))
+            print(f"{op:17s} {shape:45s} fallback {t_fb * 1e3:9.3f} ms  extension {t_ext * 1e3:9.3f} ms  "
+                  f"x{t_fb / t_ext:7.1f}  {'same' if same else 'DIFFERENT'}", flush=True)
+    lines = [
+        "## CPU ops vs fallback",
+        "",
+        f"`python benchmarks/bench_ops.py --repeats {args.repeats}` on {datetime.date.today().isoformat()}; "
+        f"{machine()}; median of {args.repeats} calls after a warm-up, float32, paddle.no_grad.",
+        "",
+        "| op | shape | fallback (ms) | extension (ms) | speed-up | same result |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    lines += [f"| {op} | {shape} | {fb:.3f} | {ext:.3f} | {sp:.1f}x | {'yes' if same else 'NO'} |"
+              for op, shape, fb, ext, sp, same in rows]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if not args.no_append:
+        with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
+            f.write("\n" + text)
+
+
+def _as_tuple(x):
+    return x if isinstance(x, (tuple, list)) else (x,)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Independent numpy references of the fused ops (numpy only: also used by benchmarks/cuda/check_kernels.py on a
+machine without Paddle). Semantics: paddlemix/ops/fallback.py."""
+
+import numpy as np
+
+F32 = np.float32
+
+
+def np_rms_norm(x, w, eps):
+    x64 = x.astype(np.float64)
+    return (w.astype(np.float64) * x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + eps)).astype(F32)
+
+
+def np_rotary(x, pos, inv_freq):
+    ang = pos.astype(np.float64)[..., None] * inv_freq.astype(np.float64)  # [B, L, D/2]
+    cos, sin = np.cos(ang)[:, :, None], np.sin(ang)[:, :, None]
+    half = x.shape[-1] // 2
+    a, b = x[..., :half].astype(np.float64), x[..., half:].astype(np.float64)
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1).astype(F32)
+
+
+def np_vq_nearest(z, e):
+    d = ((z.astype(np.float64)[:, None, :] - e.astype(np.float64)[None]) ** 2).sum(-1)
+    return d.argmin(1)  # argmin: first index of the minimum
+
+
+def np_log_softmax(x):
+    m = x.max()
+    return ((x - m) - np.log(np.exp(x - m).sum(dtype=F32))).astype(F32)
+
+
+def np_softmax(x):
+    e = np.exp(x - x.max())
+    return (e / e.sum(dtype=F32)).astype(F32)
+
+
+def np_cfg_sample(cond, uncond, scale, allowed, top_k, top_p, temperature, random):
+    """Step by step in float32, as transformers' processors and warpers (v4.44) do it, then the inverse CDF."""
+    out = []
+    for b in range(cond.shape[0]):
+        s = np_log_softmax(cond[b].astype(F32))
+        if uncond is not None and scale != 1:
+            u = np_log_softmax(uncond[b].astype(F32))
+            s = (F32(scale) * (s - u) + u).astype(F32)
+        if allowed is not None:
+            keep = np.zeros(s.shape, bool)
+            keep[allowed[b][0] : allowed[b][1]] = True
+            s = np.where(keep, s, F32(-np.inf))
+        if random is None:
+            out.append(int(np.argmax(s)))
+            continue
+        if temperature != 1:
+            s = (s / F32(temperature)).astype(F32)
+        if top_k:
+            kth = np.sort(s)[::-1][min(top_k, s.size) - 1]
+            s = np.where(s < kth, F32(-np.inf), s)
+        if top_p < 1:
+            order = np.argsort(s, kind="stable")
+            cum = np.cumsum(np_softmax(s[order]), dtype=F32)
+            drop = cum <= F32(1 - top_p)
+            drop[-1] = False
+            s = s.copy()
+            s[order[drop]] = -np.inf
+        p = np_softmax(s)
+        cdf = np.cumsum(p, dtype=F32)
+        idx = int((cdf <= F32(random[b]) * cdf[-1]).sum())
+        out.append(min(idx, int(np.flatnonzero(p > 0)[-1])))
+    return np.array(out, np.int64)
