@@ -232,7 +232,7 @@ CFG_CACHE_BYTES = 160 * 1024  # score cache of cfg_select, as launch.cu sets it 
 
 def cfg_launch(mod, dtype, cond, uncond, allowed, random, scale, top_k, top_p, temperature):
     b, v = cond.shape
-    chunks = min(64, (v + 2047) // 2048)
+    chunks = min(256, (v + 2047) // 2048)
     guide = uncond is not None and scale is not None and scale != 1
     partial = cp.empty((b, chunks, 4), cp.float32)
     out = cp.empty(b, cp.int64)
@@ -271,6 +271,9 @@ CFG_CASES = [  # batch, vocab, allowed, scale, top_k, top_p, temperature, sampli
     (2, 184622, [(151854, 151854 + 32768)] * 2, 3.0, 2048, 0.9, 0.8, True, None),
     (1, 184622, None, 3.0, 2048, 0.9, 1.0, True, None),  # range larger than the shared-memory score cache
     (1, 60000, [(5, 59000)], 2.0, 0, 0.95, 1.0, True, 1),
+    (1, 184622, None, 2.0, 1000, 1.0, 1.0, True, None),  # top-k alone on a range larger than the score cache
+    (1, 40000, [(100, 32868)], None, 2048, 1.0, 1.0, True, 0),  # k-th's histogram bin: > 256 tied scores
+    (1, 40000, [(100, 32868)], None, 2048, 1.0, 1.0, True, -1),  # k-th's bin larger than the free shared memory
 ]
 
 
@@ -298,7 +301,7 @@ def run_cfg(mod, bw, rng):
                 draws += b
             label = (f"cfg_sample {dtype} B={b} V={v} allowed={'yes' if allowed else 'no'} scale={scale} "
                      f"top_k={top_k} top_p={top_p} T={temp} {'sample' if sampling else 'greedy'}"
-                     f"{' ties' if decimals is not None else ''}")
+                     f"{f' ties (rounded to {decimals} decimals)' if decimals is not None else ''}")
             check(label, mism == 0, f"{mism}/{draws} token mismatches")
     b, v = 2, 184622
     allowed = np.array([(151854, 151854 + 32768)] * b, np.int64)

@@ -9,16 +9,18 @@
 namespace pmx {
 namespace {
 
-int cfg_chunks(int64_t vocab) { return static_cast<int>(std::min<int64_t>(64, (vocab + 2047) / 2048)); }
+// about 2048 logits per stats block: 91 blocks per row at Emu3's vocabulary
+int cfg_chunks(int64_t vocab) { return static_cast<int>(std::min<int64_t>(256, (vocab + 2047) / 2048)); }
 
-// dynamic shared memory for cfg_select's score cache: up to 160 KiB where the card allows it (set once per kernel)
+// dynamic shared memory for cfg_select's score cache: up to 160 KiB where the card allows it, leaving 16 KiB for
+// the kernel's static shared memory (set once per kernel)
 template <typename Kernel>
 int cfg_cache_floats(Kernel kernel, int* cached) {
   if (*cached < 0) {
     int dev = 0, optin = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    const int bytes = std::max(0, std::min(optin - 8 * 1024, 160 * 1024));
+    const int bytes = std::max(0, std::min(optin - 16 * 1024, 160 * 1024));
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     *cached = bytes / 4;
   }

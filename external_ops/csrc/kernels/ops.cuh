@@ -218,12 +218,15 @@ __device__ void vq_partial_generic(const float* z, const float* e, const float* 
 }
 
 // ---------------------------------------------------------------- cfg_sample
-// Pass 1 (cfg_stats): grid (chunks, B); online max / sum-exp of cond and uncond per chunk.
+// Pass 1 (cfg_stats): grid (chunks, B); max / sum-exp of cond and uncond per chunk of about 2048 logits.
 // Pass 2 (cfg_select): one 1024-thread block per row; merges the chunk statistics into the two log-softmax
-// normalisers, then works on the allowed range [lo, hi) only: greedy argmax, or top-k by a 4 x 8-bit radix select
-// on order-preserving float keys, top-p by a radix walk on the probability mass from below, and the inverse-CDF
-// draw by a block scan in index order.
+// normalisers, then works on the allowed range [lo, hi) only: greedy argmax, or (scores cached in shared memory
+// when the range fits) top-k by one histogram pass plus a select among the few scores of the k-th's bin, top-p by
+// a radix walk on the probability mass from below, and the inverse-CDF draw in index order (over the kept tokens
+// only, gathered in index order, when top-k is the only filter).
 constexpr int CFG_THREADS = 1024;
+constexpr int CFG_UNROLL = 8;   // range elements loaded per thread before any math in the first pass
+constexpr int CFG_BINS = 2048;  // bins of the top-k histogram
 
 struct CfgArgs {
   pmx_i64 vocab;
@@ -239,14 +242,6 @@ struct CfgArgs {
   int cache_cap;    // scores of the range held in dynamic shared memory (floats); larger ranges re-read the logits
 };
 
-__device__ __forceinline__ void online_add(float& m, float& s, float x) {
-  if (x > m) {
-    s = s * __expf(m - x) + 1.f;
-    m = x;
-  } else {
-    s += __expf(x - m);
-  }
-}
 __device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
   if (m2 == -PMX_INF) return;
   if (m == -PMX_INF) {
@@ -280,6 +275,22 @@ __device__ void block_online_merge(float& m, float& s, float* sh) {
   }
 }
 
+constexpr int CFG_STATS_UNROLL = 8;  // elements of each branch loaded per thread before any math (memory parallelism)
+
+// max and sum of exp(x - max) of up to CFG_STATS_UNROLL values held in registers, merged into (m, s)
+__device__ __forceinline__ void online_add_regs(float& m, float& s, const float* x, int cnt) {
+  float mx = -PMX_INF;
+#pragma unroll
+  for (int j = 0; j < CFG_STATS_UNROLL; ++j)
+    if (j < cnt) mx = fmaxf(mx, x[j]);
+  if (mx == -PMX_INF) return;
+  float t = 0.f;
+#pragma unroll
+  for (int j = 0; j < CFG_STATS_UNROLL; ++j)
+    if (j < cnt) t += __expf(x[j] - mx);
+  online_merge(m, s, mx, t);
+}
+
 template <typename T>
 __device__ void cfg_stats_impl(const T* cond, const T* uncond, CfgArgs a, float* partial) {
   __shared__ float sh[64];
@@ -289,9 +300,18 @@ __device__ void cfg_stats_impl(const T* cond, const T* uncond, CfgArgs a, float*
   float mc = -PMX_INF, sc = 0.f, mu = -PMX_INF, su = 0.f;
   const T* c = cond + b * a.vocab;
   const T* u = uncond + b * a.vocab;
-  for (pmx_i64 i = i0 + threadIdx.x; i < i1; i += blockDim.x) online_add(mc, sc, to_f(c[i]));
-  if (a.guide)
-    for (pmx_i64 i = i0 + threadIdx.x; i < i1; i += blockDim.x) online_add(mu, su, to_f(u[i]));
+  const int step = blockDim.x * CFG_STATS_UNROLL;
+  for (pmx_i64 base = i0 + threadIdx.x; base < i1; base += step) {
+    const int cnt = (int)min((pmx_i64)CFG_STATS_UNROLL, (i1 - base + blockDim.x - 1) / blockDim.x);
+    float x[CFG_STATS_UNROLL], y[CFG_STATS_UNROLL];
+#pragma unroll
+    for (int j = 0; j < CFG_STATS_UNROLL; ++j) {
+      x[j] = j < cnt ? to_f(c[base + j * blockDim.x]) : -PMX_INF;
+      y[j] = a.guide && j < cnt ? to_f(u[base + j * blockDim.x]) : -PMX_INF;
+    }
+    online_add_regs(mc, sc, x, cnt);
+    if (a.guide) online_add_regs(mu, su, y, cnt);
+  }
   block_online_merge(mc, sc, sh);
   block_online_merge(mu, su, sh);
   if (threadIdx.x == 0) {
@@ -312,16 +332,20 @@ struct CfgRow {
   float mc, lc, mu, lu;
 };
 
-template <typename T>
-__device__ __forceinline__ float cfg_score(const T* c, const T* u, pmx_i64 i, const CfgRow& r, const CfgArgs& a,
-                                           bool sampling) {
-  float s = __fsub_rn(__fsub_rn(to_f(c[i]), r.mc), r.lc);
+__device__ __forceinline__ float cfg_score_of(float cv, float uv, const CfgRow& r, const CfgArgs& a, bool sampling) {
+  float s = __fsub_rn(__fsub_rn(cv, r.mc), r.lc);
   if (a.guide) {
-    const float su = __fsub_rn(__fsub_rn(to_f(u[i]), r.mu), r.lu);
+    const float su = __fsub_rn(__fsub_rn(uv, r.mu), r.lu);
     s = __fadd_rn(__fmul_rn(a.scale, __fsub_rn(s, su)), su);
   }
   if (sampling && a.use_temp) s = __fdiv_rn(s, a.temperature);
   return s;
+}
+
+template <typename T>
+__device__ __forceinline__ float cfg_score(const T* c, const T* u, pmx_i64 i, const CfgRow& r, const CfgArgs& a,
+                                           bool sampling) {
+  return cfg_score_of(to_f(c[i]), a.guide ? to_f(u[i]) : 0.f, r, a, sampling);
 }
 
 // Warp 0 finds the digit whose bin holds the k-th largest (descending) of hist; writes digit and the count above.
@@ -350,6 +374,38 @@ __device__ void radix_pick_desc(const unsigned int* hist, unsigned int k, int* d
       above += loc[i];
     }
   }
+}
+
+// k-th largest key (1-based k) of key_of(0 .. n-1) by a 4 x 8-bit radix select over the whole block.
+template <typename KeyOf>
+__device__ unsigned int radix_kth_key(KeyOf key_of, int n, unsigned int k, unsigned int* hist, int* sh_digit,
+                                      unsigned int* sh_above) {
+  const int tid = threadIdx.x;
+  unsigned int prefix = 0, mask = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    // every lane of a warp runs the same iterations, so lanes hitting the same bin add once (__match_any_sync):
+    // the high digits of similar scores all fall in one or two bins
+    for (int base = 0; base < n; base += blockDim.x) {
+      const int i = base + tid;
+      unsigned int bin = 256u;
+      if (i < n) {
+        const unsigned int key = key_of(i);
+        if ((key & mask) == prefix) bin = (key >> shift) & 255u;
+      }
+      const unsigned int peers = __match_any_sync(0xffffffffu, bin);
+      if (bin < 256u && (tid & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned int)__popc(peers));
+    }
+    __syncthreads();
+    if (tid < 32) radix_pick_desc(hist, k, sh_digit, sh_above);
+    __syncthreads();
+    prefix |= (unsigned int)*sh_digit << shift;
+    mask |= 255u << shift;
+    k -= *sh_above;
+    __syncthreads();
+  }
+  return prefix;
 }
 
 // Warp 0 finds the first digit (ascending) where below + cumulative weight exceeds thr.
@@ -397,7 +453,7 @@ template <typename T>
 __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* allowed, const float* random,
                                 pmx_i64* out, const float* partial, CfgArgs a) {
   __shared__ float shf[66];
-  __shared__ unsigned int hist[256];
+  __shared__ unsigned int hist[CFG_BINS];
   __shared__ float histw[256];
   __shared__ int sh_digit;
   __shared__ unsigned int sh_above;
@@ -439,87 +495,180 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   // sampling makes several passes over the range: its scores are kept in shared memory when they fit
   extern __shared__ float cache[];
   const bool use_cache = sampling && n <= a.cache_cap;
-  auto score = [&](pmx_i64 i) -> float { return use_cache ? cache[i] : cfg_score(c, u, i, row, a, true); };
+  auto score = [&](int i) -> float { return use_cache ? cache[i] : cfg_score(c, u, i, row, a, true); };
 
-  // max (first index on ties): the greedy answer, and the softmax shift when sampling
-  float bm = -PMX_INF;
-  pmx_i64 bidx = n;
-  for (pmx_i64 i = tid; i < n; i += blockDim.x) {
-    const float s = cfg_score(c, u, i, row, a, sampling);
-    if (use_cache) cache[i] = s;
-    if (s > bm) {
-      bm = s;
-      bidx = i;
+  // max (first index on ties): the greedy answer, and the softmax shift when sampling; min: the top-k histogram's
+  // span. CFG_UNROLL elements per thread are loaded before any math, so that the loads of the pass are in flight
+  // together (one block per row is latency bound otherwise).
+  const int ni = (int)n;
+  float bm = -PMX_INF, bmin = PMX_INF;
+  int bidx = ni;
+  for (int base = tid; base < ni; base += CFG_UNROLL * blockDim.x) {
+    float cv[CFG_UNROLL], uv[CFG_UNROLL];
+#pragma unroll
+    for (int j = 0; j < CFG_UNROLL; ++j) {
+      const int i = base + j * blockDim.x;
+      cv[j] = i < ni ? to_f(c[i]) : 0.f;
+      uv[j] = i < ni && u ? to_f(u[i]) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < CFG_UNROLL; ++j) {
+      const int i = base + j * blockDim.x;
+      if (i < ni) {
+        const float s = cfg_score_of(cv[j], uv[j], row, a, sampling);
+        if (use_cache) cache[i] = s;
+        if (s > bm) {
+          bm = s;
+          bidx = i;
+        }
+        bmin = fminf(bmin, s);
+      }
     }
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const float m2 = __shfl_xor_sync(0xffffffffu, bm, o);
-    const pmx_i64 i2 = __shfl_xor_sync(0xffffffffu, bidx, o);
+    const int i2 = __shfl_xor_sync(0xffffffffu, bidx, o);
     if (m2 > bm || (m2 == bm && i2 < bidx)) {
       bm = m2;
       bidx = i2;
     }
+    bmin = fminf(bmin, __shfl_xor_sync(0xffffffffu, bmin, o));
   }
-  __shared__ float shm[32];
-  __shared__ pmx_i64 shi[32];
+  __shared__ float shm[32], shmin[32];
+  __shared__ int shi[32];
   if ((tid & 31) == 0) {
     shm[tid >> 5] = bm;
     shi[tid >> 5] = bidx;
+    shmin[tid >> 5] = bmin;
   }
   __syncthreads();
   if (tid < 32) {
     bm = tid < (int)(blockDim.x >> 5) ? shm[tid] : -PMX_INF;
-    bidx = tid < (int)(blockDim.x >> 5) ? shi[tid] : n;
+    bidx = tid < (int)(blockDim.x >> 5) ? shi[tid] : ni;
+    bmin = tid < (int)(blockDim.x >> 5) ? shmin[tid] : PMX_INF;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
       const float m2 = __shfl_xor_sync(0xffffffffu, bm, o);
-      const pmx_i64 i2 = __shfl_xor_sync(0xffffffffu, bidx, o);
+      const int i2 = __shfl_xor_sync(0xffffffffu, bidx, o);
       if (m2 > bm || (m2 == bm && i2 < bidx)) {
         bm = m2;
         bidx = i2;
       }
+      bmin = fminf(bmin, __shfl_xor_sync(0xffffffffu, bmin, o));
     }
     if (tid == 0) {
       shm[0] = bm;
-      shi[0] = bidx < n ? bidx : 0;
+      shi[0] = bidx < ni ? bidx : 0;
+      shmin[0] = bmin;
     }
   }
   __syncthreads();
-  const float smax = shm[0];
+  const float smax = shm[0], smin = shmin[0];
   if (!sampling) {
     if (tid == 0) out[b] = lo + shi[0];
     return;
   }
 
-  // top-k: key of the k-th largest score
+  // top-k: key of the k-th largest score. A histogram of CFG_BINS equal bins of smax - s over [0, smax - smin]
+  // (the bin is monotone in s) gives the bin of the k-th largest; its scores, gathered in the shared memory left
+  // after the cache, give the key by counting (up to 256 of them) or a radix select on them. When that bin holds
+  // more scores than fit, the radix select runs on the whole range instead.
   unsigned int kth = 0;
+  const int lane = tid & 31, wid = tid >> 5, nw = blockDim.x >> 5;
+  const unsigned int lanes_below = (1u << lane) - 1u;
+  // dynamic shared memory left after the score cache: top-k candidates, then the kept tokens' indices
+  unsigned int* spare = reinterpret_cast<unsigned int*>(cache) + (use_cache ? ni : 0);
+  const int spare_cap = a.cache_cap - (use_cache ? ni : 0);
   if (a.top_k > 0 && a.top_k < n) {
-    unsigned int prefix = 0, mask = 0, k = (unsigned int)a.top_k;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
-      __syncthreads();
-      // every lane of a warp runs the same iterations, so lanes hitting the same bin add once (__match_any_sync):
-      // the high digits of similar scores all fall in one or two bins
-      for (pmx_i64 base = 0; base < n; base += blockDim.x) {
-        const pmx_i64 i = base + tid;
-        unsigned int bin = 256u;
-        if (i < n) {
-          const unsigned int key = fkey(score(i));
-          if ((key & mask) == prefix) bin = (key >> shift) & 255u;
+    const unsigned int k = (unsigned int)a.top_k;
+    unsigned int* keys = spare;
+    const int key_cap = spare_cap;
+    const float span = __fsub_rn(smax, smin);
+    const float inv = span > 0.f ? __fdiv_rn((float)CFG_BINS, span) : 0.f;
+    auto bin_of = [&](float s) -> int {
+      const float f = __fmul_rn(__fsub_rn(smax, s), inv);
+      return f < (float)CFG_BINS ? (int)f : CFG_BINS - 1;  // NaN (all scores -inf) to the last bin
+    };
+    for (int i = tid; i < CFG_BINS; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    for (int i = tid; i < ni; i += blockDim.x) atomicAdd(&hist[bin_of(score(i))], 1u);
+    __syncthreads();
+    // each thread sums a run of consecutive bins; an exclusive scan over the threads gives the count above it
+    const int per = (CFG_BINS + blockDim.x - 1) / blockDim.x;
+    const int b0 = min(CFG_BINS, tid * per), b1 = min(CFG_BINS, b0 + per);
+    unsigned int cnt = 0;
+    for (int i = b0; i < b1; ++i) cnt += hist[i];
+    unsigned int incl = cnt;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned int y = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += y;
+    }
+    __shared__ unsigned int warp_tot[32];
+    __shared__ unsigned int sh_count;
+    if (lane == 31) warp_tot[wid] = incl;
+    __syncthreads();
+    unsigned int above = incl - cnt;
+    for (int w = 0; w < wid; ++w) above += warp_tot[w];
+    if (above < k && k <= above + cnt) {
+      for (int i = b0; i < b1; ++i) {
+        if (above + hist[i] >= k) {
+          sh_digit = i;
+          sh_above = above;
+          break;
         }
-        const unsigned int peers = __match_any_sync(0xffffffffu, bin);
-        if (bin < 256u && (tid & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned int)__popc(peers));
+        above += hist[i];
+      }
+    }
+    if (tid == 0) sh_count = 0;
+    __syncthreads();
+    const int kbin = sh_digit;
+    const unsigned int kabove = sh_above;
+    const int m = (int)hist[kbin];
+    __syncthreads();
+    if (m <= key_cap) {
+      for (int base = 0; base < ni; base += blockDim.x) {
+        const int i = base + tid;
+        float s = 0.f;
+        bool take = false;
+        if (i < ni) {
+          s = score(i);
+          take = bin_of(s) == kbin;
+        }
+        const unsigned int sel = __ballot_sync(0xffffffffu, take);
+        if (sel) {
+          const int leader = __ffs(sel) - 1;
+          unsigned int pos = 0;
+          if (lane == leader) pos = atomicAdd(&sh_count, (unsigned int)__popc(sel));
+          pos = __shfl_sync(0xffffffffu, pos, leader);
+          if (take) keys[pos + __popc(sel & lanes_below)] = fkey(s);
+        }
       }
       __syncthreads();
-      if (tid < 32) radix_pick_desc(hist, k, &sh_digit, &sh_above);
-      __syncthreads();
-      prefix |= (unsigned int)sh_digit << shift;
-      mask |= 255u << shift;
-      k -= sh_above;
-      __syncthreads();
+      const unsigned int kk = k - kabove;
+      if (m <= 256) {
+        // few candidates (the usual case): the kk-th largest is the key with fewer than kk greater and at least
+        // kk greater or equal; every thread that finds it holds the same key
+        __shared__ unsigned int sh_kth;
+        if (tid < m) {
+          const unsigned int mine = keys[tid];
+          unsigned int gt = 0, ge = 0;
+          for (int j = 0; j < m; ++j) {
+            const unsigned int o = keys[j];
+            gt += o > mine;
+            ge += o >= mine;
+          }
+          if (gt < kk && kk <= ge) sh_kth = mine;
+        }
+        __syncthreads();
+        kth = sh_kth;
+      } else {
+        kth = radix_kth_key([&](int i) { return keys[i]; }, m, kk, hist, &sh_digit, &sh_above);
+      }
+    } else {
+      kth = radix_kth_key([&](int i) { return fkey(score(i)); }, ni, k, hist, &sh_digit, &sh_above);
     }
-    kth = prefix;
   }
 
   // top-p: the tokens removed are the lowest (in ascending (score, index) order) whose cumulative probability
@@ -529,7 +678,7 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   pmx_i64 ptie_removed = 0;
   if (a.use_top_p) {
     float z = 0.f;
-    for (pmx_i64 i = tid; i < n; i += blockDim.x) {
+    for (int i = tid; i < ni; i += blockDim.x) {
       const float s = score(i);
       if (fkey(s) >= kth) z += expf(s - smax);
     }
@@ -540,7 +689,7 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int i = tid; i < 256; i += blockDim.x) histw[i] = 0.f;
       __syncthreads();
-      for (pmx_i64 i = tid; i < n; i += blockDim.x) {
+      for (int i = tid; i < ni; i += blockDim.x) {
         const float s = score(i);
         const unsigned int key = fkey(s);
         if (key >= kth && (key & mask) == prefix) atomicAdd(&histw[(key >> shift) & 255u], expf(s - smax));
@@ -556,11 +705,11 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
     pkey = prefix;
     // tied tokens at T: same weight w each; the first r of them (index order) go while below + j w <= thr
     unsigned int cnt = 0;
-    for (pmx_i64 i = tid; i < n; i += blockDim.x) cnt += fkey(score(i)) == pkey;
+    for (int i = tid; i < ni; i += blockDim.x) cnt += fkey(score(i)) == pkey;
     cnt = block_sum(cnt, (unsigned int*)hist);
     // the weight every tied token shares
     float wone = 0.f;
-    for (pmx_i64 i = tid; i < n && wone == 0.f; i += blockDim.x) {
+    for (int i = tid; i < ni && wone == 0.f; i += blockDim.x) {
       const float s = score(i);
       if (fkey(s) == pkey) wone = expf(s - smax);
     }
@@ -580,15 +729,48 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
     __syncthreads();
   }
 
+  // top-k alone keeps few tokens: their indices, in index order, are gathered in the spare shared memory (the
+  // candidate keys are no longer needed) and the draw runs over them only. Each warp counts the kept tokens of its
+  // contiguous segment, then writes their indices from its offset on.
+  __shared__ unsigned int seg_t[32];
+  bool compact = false;
+  int nd = ni;  // tokens the draw runs over: j in [0, nd) stands for token idx(j)
+  if (a.top_k > 0 && a.top_k < n && !a.use_top_p) {
+    const int kseg = ((ni + nw - 1) / nw + 31) / 32 * 32;
+    const int k0 = min(ni, wid * kseg), k1 = min(ni, k0 + kseg);
+    unsigned int cnt = 0;
+    for (int base = k0; base < k1; base += 32) {
+      const int i = base + lane;
+      cnt += __popc(__ballot_sync(0xffffffffu, i < k1 && fkey(score(i)) >= kth));
+    }
+    if (lane == 0) seg_t[wid] = cnt;
+    __syncthreads();
+    unsigned int off = 0, tot = 0;
+    for (int w = 0; w < nw; ++w) {
+      if (w < wid) off += seg_t[w];
+      tot += seg_t[w];
+    }
+    if ((int)tot <= spare_cap) {
+      for (int base = k0; base < k1; base += 32) {
+        const int i = base + lane;
+        const bool keep = i < k1 && fkey(score(i)) >= kth;
+        const unsigned int mask = __ballot_sync(0xffffffffu, keep);
+        if (keep) spare[off + __popc(mask & lanes_below)] = (unsigned int)i;
+        off += __popc(mask);
+      }
+      compact = true;
+      nd = (int)tot;
+    }
+    __syncthreads();
+  }
+  auto idx = [&](int j) -> int { return compact ? (int)spare[j] : j; };
+
   // inverse CDF in index order: each warp owns a contiguous segment and walks it 32 tokens at a time (coalesced);
   // the warps' totals, summed in warp order, give each segment its offset.
   __shared__ float seg_w[32];
-  __shared__ unsigned int seg_t[32];
-  __shared__ pmx_i64 seg_last[32];
-  const int lane = tid & 31, wid = tid >> 5, nw = blockDim.x >> 5;
-  const unsigned int lanes_below = (1u << lane) - 1u;
-  const pmx_i64 seg = ((n + nw - 1) / nw + 31) / 32 * 32;
-  const pmx_i64 s0 = min(n, (pmx_i64)wid * seg), s1 = min(n, s0 + seg);
+  __shared__ int seg_last[32];
+  const int seg = ((nd + nw - 1) / nw + 31) / 32 * 32;
+  const int s0 = min(nd, wid * seg), s1 = min(nd, s0 + seg);
   // weight of token i if it survives top-k and top-p; tr: rank of i among the tokens tied at the top-p key
   auto weight = [&](float s, unsigned int key, unsigned int tr) -> float {
     bool keep = key >= kth;
@@ -597,11 +779,11 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   };
   unsigned int ties = 0;
   float wsum = 0.f;
-  pmx_i64 last = -1;
+  int last = -1;
   if (a.use_top_p) {  // tokens tied at the top-p key per segment, so that each knows its rank among them
-    for (pmx_i64 base = s0; base < s1; base += 32) {
-      const pmx_i64 i = base + lane;
-      ties += __popc(__ballot_sync(0xffffffffu, i < s1 && fkey(score(i)) == pkey));
+    for (int base = s0; base < s1; base += 32) {
+      const int i = base + lane;
+      ties += __popc(__ballot_sync(0xffffffffu, i < s1 && fkey(score(idx(i))) == pkey));
     }
   }
   if (lane == 0) seg_t[wid] = ties;
@@ -610,15 +792,15 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   for (int w = 0; w < wid; ++w) tie_base += seg_t[w];
   {
     unsigned int tr = tie_base;
-    for (pmx_i64 base = s0; base < s1; base += 32) {
-      const pmx_i64 i = base + lane;
+    for (int base = s0; base < s1; base += 32) {
+      const int i = base + lane;
       float s = 0.f;
       unsigned int key = 0;
       if (i < s1) {
-        s = score(i);
+        s = score(idx(i));
         key = fkey(s);
       }
-      const unsigned int tie_mask = __ballot_sync(0xffffffffu, i < s1 && a.use_top_p && key == pkey);
+      const unsigned int tie_mask = a.use_top_p ? __ballot_sync(0xffffffffu, i < s1 && key == pkey) : 0u;
       const float w = i < s1 ? weight(s, key, tr + __popc(tie_mask & lanes_below)) : 0.f;
       tr += __popc(tie_mask);
       wsum += w;
@@ -628,7 +810,7 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   wsum = warp_sum(wsum);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    const pmx_i64 y = __shfl_xor_sync(0xffffffffu, last, o);
+    const int y = __shfl_xor_sync(0xffffffffu, last, o);
     last = y > last ? y : last;
   }
   if (lane == 0) {
@@ -638,7 +820,7 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   if (tid == 0) sh_pick = -1;
   __syncthreads();
   float wbase = 0.f, total = 0.f;
-  pmx_i64 last_all = -1;
+  int last_all = -1;
   for (int w = 0; w < nw; ++w) {
     if (w < wid) wbase += seg_w[w];
     total += seg_w[w];
@@ -646,28 +828,59 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   }
   const float target = random[b] * total;
   if (wsum > 0.f && wbase <= target && target < wbase + wsum) {  // this warp's segment holds the draw
-    unsigned int tr = tie_base;
-    float cum = wbase;
-    for (pmx_i64 base = s0; base < s1; base += 32) {
-      const pmx_i64 i = base + lane;
+    // this lane's weight in the 32 tokens from base; tr: tie rank at base, advanced past them
+    auto chunk_weight = [&](int base, unsigned int& tr) -> float {
+      const int i = base + lane;
       float s = 0.f;
       unsigned int key = 0;
       if (i < s1) {
-        s = score(i);
+        s = score(idx(i));
         key = fkey(s);
       }
-      const unsigned int tie_mask = __ballot_sync(0xffffffffu, i < s1 && a.use_top_p && key == pkey);
+      const unsigned int tie_mask = a.use_top_p ? __ballot_sync(0xffffffffu, i < s1 && key == pkey) : 0u;
       const float w = i < s1 ? weight(s, key, tr + __popc(tie_mask & lanes_below)) : 0.f;
       tr += __popc(tie_mask);
-      float incl = w;  // inclusive prefix over the lanes, in index order
+      return w;
+    };
+    // groups of 32 chunks of 32 tokens: the chunks' totals (lane j holds chunk j's, no dependency between them),
+    // a scan over the lanes finds the chunk, a scan inside it the token
+    unsigned int tr = tie_base;
+    float cum = wbase;
+    for (int group = s0; group < s1; group += 32 * 32) {
+      float ctot = 0.f;
+      unsigned int ctr = 0;
+#pragma unroll 4
+      for (int j = 0; j < 32; ++j) {
+        const unsigned int t0 = tr;
+        const float t = warp_sum(chunk_weight(group + 32 * j, tr));
+        if (lane == j) {
+          ctot = t;
+          ctr = t0;
+        }
+      }
+      float incl = ctot;  // inclusive prefix over the chunks, in index order
 #pragma unroll
       for (int o = 1; o < 32; o <<= 1) {
         const float y = __shfl_up_sync(0xffffffffu, incl, o);
         if (lane >= o) incl += y;
       }
-      const unsigned int hit = __ballot_sync(0xffffffffu, w > 0.f && cum + incl > target);
+      const unsigned int hit = __ballot_sync(0xffffffffu, ctot > 0.f && cum + incl > target);
       if (hit) {
-        if (lane == 0) sh_pick = base + __ffs(hit) - 1;
+        const int j = __ffs(hit) - 1;
+        const int base = group + 32 * j;
+        const float cum_j = cum + __shfl_sync(0xffffffffu, incl - ctot, j);
+        unsigned int tr_j = __shfl_sync(0xffffffffu, ctr, j);
+        const float w = chunk_weight(base, tr_j);
+        float wincl = w;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const float y = __shfl_up_sync(0xffffffffu, wincl, o);
+          if (lane >= o) wincl += y;
+        }
+        const unsigned int hit_w = __ballot_sync(0xffffffffu, w > 0.f && cum_j + wincl > target);
+        const unsigned int kept = __ballot_sync(0xffffffffu, w > 0.f);
+        // rounding inside the chunk: its last kept token
+        if (lane == 0) sh_pick = base + (hit_w ? __ffs(hit_w) - 1 : 31 - __clz(kept));
         break;
       }
       cum += __shfl_sync(0xffffffffu, incl, 31);
@@ -677,7 +890,7 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   __syncthreads();
   if (tid == 0 && sh_pick < 0) sh_pick = last_all;  // target at or past the total (rounding): the last kept token
   __syncthreads();
-  if (tid == 0) out[b] = lo + (sh_pick >= 0 ? sh_pick : 0);
+  if (tid == 0) out[b] = lo + (sh_pick >= 0 ? idx((int)sh_pick) : 0);
 }
 
 }  // namespace pmx_cuda
