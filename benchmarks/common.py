@@ -35,6 +35,23 @@ def timed(fn, repeats):
     return times[len(times) // 2], out
 
 
+def step_time(gen, steps, repeats):
+    """Seconds per decode step: generate(steps + 1) - generate(1), paired (back to back) and the median over the
+    repeats of these differences, so that the prompt's prefill cancels and a noisy neighbour spoils one pair at most.
+    gen(n) returns ids [B, prompt + new]; if it stopped early (eos), the steps it really ran count.
+    Returns (seconds per step, output of the last long run)."""
+    diffs, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        short = gen(1)
+        t1 = time.perf_counter()
+        out = gen(steps + 1)
+        ran = max(out.shape[1] - short.shape[1], 1)
+        diffs.append(((time.perf_counter() - t1) - (t1 - t0)) / ran)
+    diffs.sort()
+    return diffs[len(diffs) // 2], out
+
+
 def grid_tokens(height, width):
     """Tokens that one image of height x width visual tokens takes after the image token: h rows of w visual
     tokens plus an end-of-line each, then end-of-frame, end-of-image, end-of-sequence."""

@@ -180,10 +180,7 @@ def job_lm(job):
                 )
 
             gen(2)
-            t1, _ = common.timed(lambda: gen(1), job["repeats"])
-            tn, out = common.timed(lambda: gen(job["decode_steps"] + 1), job["repeats"])
-            steps = out.shape[1] - prompt.shape[1] - 1
-            res[f"decode step b{batch}"] = (tn - t1) / steps
+            res[f"decode step b{batch}"], out = common.step_time(gen, job["decode_steps"], job["repeats"])
             res[f"ids b{batch}"] = out[:, prompt.shape[1]:].flatten().tolist()
     return res
 

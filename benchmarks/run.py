@@ -403,6 +403,7 @@ def main():
     runner = Runner(args, SMOKE if args.smoke else FULL)
     suites = SUITES if args.suite == "all" else (args.suite,)
     started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     for suite in suites:
         print(f"== suite {suite}", flush=True)
@@ -418,7 +419,9 @@ def main():
         + (f"; our side's extra environment: {args.ours_env}" if args.ours_env else ""),
         f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
         f"- configs: {'smoke (tiny)' if args.smoke else 'full'}; reference: "
-        f"{'transformers Emu3 on PyTorch' if args.reference else 'not run (our side only)'}; wall time {elapsed:.0f} s",
+        f"{'transformers Emu3 on PyTorch' if args.reference else 'not run (our side only)'}; wall time {elapsed:.0f} s; "
+        f"1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+        f"(above {args.threads:.0f}: other processes competed for the CPUs)",
     ]
     if runner.checks:
         header.append(f"- same output on both sides (greedy/argmax, float32): {'; '.join(runner.checks)}")
