@@ -48,6 +48,17 @@ def _cuda_archs():
     return archs or ["80", "90"]
 
 
+def _openmp_link_flags():
+    """Link the OpenMP runtime that Paddle itself loads (Intel's libiomp5, which also provides GCC's GOMP_* entry
+    points) instead of GCC's libgomp: two OpenMP runtimes in one process spin against each other, which made small
+    ops 100x slower (rms_norm on [1, 1, 512]: 3-15 ms instead of 0.04 ms). libgomp is the fallback when Paddle ships
+    no libiomp5."""
+    libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
+    if os.path.isfile(os.path.join(libs, "libiomp5.so")):
+        return [f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}"]
+    return ["-fopenmp"]
+
+
 def _extension():
     # no FMA contraction (results as the fallback rounds them); -fno-trapping-math lets GCC vectorize the clamps and
     # selects of the exp loops (it changes no result, only floating-point exception flags)
@@ -57,7 +68,7 @@ def _extension():
         cxx_flags.append("-march=native")
     if _compiles(["-fopenmp"], OPENMP_TEST):
         cxx_flags.append("-fopenmp")
-        link_flags.append("-fopenmp")
+        link_flags += _openmp_link_flags()
     else:
         cxx_flags.append("-fopenmp-simd")
     sources = [CPU_SOURCE]
