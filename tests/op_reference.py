@@ -19,6 +19,23 @@ def np_rotary(x, pos, inv_freq):
     return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1).astype(F32)
 
 
+def np_conv2d(x, w, b, stride, pad):
+    """x [N, C, H, W], w [Cout, C, kh, kw], b [Cout] or None, stride (sh, sw), zero pad (top, bottom, left, right);
+    float64 sums of the shifted input slices, one kernel tap at a time."""
+    (sh, sw), (pt, pb, pl, pr) = stride, pad
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    cout, _, kh, kw = w.shape
+    ho, wo = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
+    out = np.zeros((x.shape[0], cout, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+            out += np.einsum("oc,nchw->nohw", w[:, :, i, j].astype(np.float64), tap)
+    if b is not None:
+        out += b.astype(np.float64)[None, :, None, None]
+    return out.astype(F32)
+
+
 def np_vq_nearest(z, e):
     d = ((z.astype(np.float64)[:, None, :] - e.astype(np.float64)[None]) ** 2).sum(-1)
     return d.argmin(1)  # argmin: first index of the minimum

@@ -12,10 +12,10 @@ import paddle
 import pytest
 
 import paddlemix.ops as ops
-from op_reference import F32, np_cfg_sample, np_rms_norm, np_rotary, np_vq_nearest
+from op_reference import F32, np_cfg_sample, np_conv2d, np_rms_norm, np_rotary, np_vq_nearest
 from paddlemix.ops import fallback
 
-OPS = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample")
+OPS = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d")
 ORIGINAL_FALLBACK = {name: getattr(fallback, name) for name in OPS}
 
 
@@ -217,6 +217,82 @@ def test_cfg_sample_extension_rejects_empty_range(ext_only):
     allowed = np.array([[5, 5], [0, 10]], np.int64)
     with pytest.raises(Exception, match="allowed range"):
         ops.cfg_sample(*_as_tensors(cond, uncond, scale, allowed, top_k, top_p, temp, random))
+
+
+# ----------------------------------------------------------------------------------------------- conv2d
+# (N, C, Cout, H, W, kh, kw, stride, padding as passed, seed): 3x3 "same", the VQ downsample (pad right/bottom,
+# stride 2), 1x1 with and without stride/padding, channel counts not multiples of 8, batch > 1, rectangular images
+# and kernels, and an image wide enough that the kernel works in several bands of rows
+CONV_CASES = [
+    (1, 3, 8, 17, 23, 3, 3, 1, 1, 0),
+    (2, 13, 7, 16, 16, 3, 3, 2, (0, 1, 0, 1), 1),
+    (3, 10, 5, 9, 12, 1, 1, 1, 0, 2),
+    (2, 6, 11, 10, 7, 1, 1, (2, 1), (1, 0, 2, 1), 3),
+    (1, 5, 9, 12, 15, 3, 2, (1, 2), (2, 0, 1, 3), 4),
+    (1, 19, 21, 9, 9, 5, 5, 1, 2, 5),
+    (2, 24, 17, 150, 130, 3, 3, 1, (1, 1), 6),
+    (1, 4, 6, 5, 5, 5, 5, 1, 0, 7),
+]
+
+
+def _conv_inputs(n, c, cout, h, w, kh, kw, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(F32)
+    weight = (rng.standard_normal((cout, c, kh, kw)) / np.sqrt(c * kh * kw)).astype(F32)
+    return x, weight, rng.standard_normal(cout).astype(F32)
+
+
+def _conv_args(stride, padding):
+    """stride (sh, sw) and padding (top, bottom, left, right) as the numpy reference takes them."""
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    if isinstance(padding, int):
+        padding = (padding,) * 4
+    elif len(padding) == 2:
+        padding = (padding[0], padding[0], padding[1], padding[1])
+    return (sh, sw), tuple(padding)
+
+
+@pytest.mark.parametrize("n,c,cout,h,w,kh,kw,stride,padding,seed", CONV_CASES)
+def test_conv2d_fallback_matches_numpy(n, c, cout, h, w, kh, kw, stride, padding, seed, monkeypatch):
+    x, weight, bias = _conv_inputs(n, c, cout, h, w, kh, kw, seed)
+    expected = np_conv2d(x, weight, bias, *_conv_args(stride, padding))
+    got = fallback.conv2d(t(x), t(weight), t(bias), *_conv_args(stride, padding)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # the entry point's argument forms (int, pair, 4-tuple) on the fallback path
+    monkeypatch.setattr(ops, "CPU_EXT_OPS", ops.CPU_EXT_OPS - {"conv2d"})
+    np.testing.assert_allclose(ops.conv2d(t(x), t(weight), t(bias), stride, padding).numpy(), expected,
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,c,cout,h,w,kh,kw,stride,padding,seed", CONV_CASES)
+def test_conv2d_extension(n, c, cout, h, w, kh, kw, stride, padding, seed, ext_only):
+    x, weight, bias = _conv_inputs(n, c, cout, h, w, kh, kw, seed)
+    args = _conv_args(stride, padding)
+    with paddle.no_grad():
+        got = ops.conv2d(t(x), t(weight), t(bias), stride, padding).numpy()
+        no_bias = ops.conv2d(t(x), t(weight), None, stride, padding).numpy()
+    expected = np_conv2d(x, weight, bias, *args)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(no_bias, np_conv2d(x, weight, None, *args), rtol=1e-4, atol=1e-4)
+    # same GEMM summation order as Paddle's own convolution: equal up to a few float32 ulps
+    reference = _fallback_of("conv2d")(t(x), t(weight), t(bias), *args).numpy()
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_non_contiguous_input(ext_only):
+    x, weight, bias = _conv_inputs(2, 6, 4, 9, 11, 3, 3, 8)
+    xt = t(x.transpose(0, 1, 3, 2).copy()).transpose([0, 1, 3, 2])  # a transposed view when Paddle makes one
+    with paddle.no_grad():
+        got = ops.conv2d(xt, t(weight), t(bias), 1, 1).numpy()
+    np.testing.assert_allclose(got, np_conv2d(x, weight, bias, (1, 1), (1, 1, 1, 1)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride,padding", [(0, 1), (1, -1), (1, (1, 2, 3)), ((1, 2, 3), 0)])
+def test_conv2d_rejects_bad_arguments(stride, padding):
+    x, weight, bias = _conv_inputs(1, 2, 3, 5, 5, 3, 3, 9)
+    with pytest.raises(ValueError, match="conv2d"):
+        ops.conv2d(t(x), t(weight), t(bias), stride, padding)
 
 
 # ----------------------------------------------------------------------------------------------- dispatch

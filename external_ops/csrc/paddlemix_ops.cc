@@ -4,6 +4,7 @@
 // Paddle's setup generates the Python API from the PD_BUILD_OP calls it finds in the sources.
 #include "build_info_op.h"
 #include "cfg_sample_op.h"
+#include "conv2d_op.h"
 #include "rms_norm_op.h"
 #include "rotary_op.h"
 #include "vq_nearest_op.h"
@@ -23,6 +24,14 @@ PD_BUILD_OP(pmx_cfg_sample)
     .SetKernelFn(PD_KERNEL(CfgSampleForward))
     .SetInferShapeFn(PD_INFER_SHAPE(CfgSampleShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(CfgSampleDtype));
+
+PD_BUILD_OP(pmx_conv2d)
+    .Inputs({"X", "Weight", "Bias"})
+    .Outputs({"Out"})
+    .Attrs({"sh: int64_t", "sw: int64_t", "pt: int64_t", "pb: int64_t", "pl: int64_t", "pr: int64_t"})
+    .SetKernelFn(PD_KERNEL(Conv2dForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(Conv2dShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Conv2dDtype));
 
 PD_BUILD_OP(pmx_rms_norm)
     .Inputs({"X", "Weight"})

@@ -19,7 +19,9 @@ from . import fallback
 logger = logging.getLogger(__name__)
 
 # ops whose CPU kernel is used by default (each measured faster than its fallback by benchmarks/bench_ops.py)
-CPU_EXT_OPS = frozenset({"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample"})
+CPU_EXT_OPS = frozenset({"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d"})
+# ops with only a CPU kernel (no CUDA one): on GPU they always take the fallback
+_CPU_ONLY_OPS = frozenset({"conv2d"})
 _GPU_DTYPES = (paddle.float32, paddle.bfloat16, paddle.float16)
 
 _EXT = None
@@ -53,11 +55,13 @@ def extension():
 def report():
     """A dict saying, for each op, what runs on CPU and on GPU: 'extension' or 'fallback'."""
     ext = extension()
-    ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample")
+    ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d")
     return {
         "extension": getattr(ext, "__file__", None) if ext is not None else None,
         "cpu": {op: "extension" if ext is not None and op in CPU_EXT_OPS else "fallback" for op in ops},
-        "gpu": {op: "extension" if ext is not None and _EXT_CUDA else "fallback" for op in ops},
+        "gpu": {
+            op: "extension" if ext is not None and _EXT_CUDA and op not in _CPU_ONLY_OPS else "fallback" for op in ops
+        },
     }
 
 
@@ -71,7 +75,8 @@ def _use_ext(op, tensors, dtypes):
     if x.place.is_cpu_place():
         return op in CPU_EXT_OPS and all(t.dtype == paddle.float32 for t in dtypes)
     if x.place.is_gpu_place():
-        return _EXT_CUDA and all(t.dtype == x.dtype for t in dtypes) and x.dtype in _GPU_DTYPES
+        same_dtype = all(t.dtype == x.dtype for t in dtypes)
+        return _EXT_CUDA and op not in _CPU_ONLY_OPS and same_dtype and x.dtype in _GPU_DTYPES
     return False
 
 
@@ -95,6 +100,32 @@ def rotary_embedding(q, k, position_ids, inv_freq):
             _EXT.pmx_rotary_embedding(q, k, position_ids.astype("int64"), inv_freq.astype("float32"))
         )
     return fallback.rotary_embedding(q, k, position_ids, inv_freq)
+
+
+def _pair(v, name):
+    pair = (v, v) if isinstance(v, int) else tuple(int(i) for i in v)
+    if len(pair) != 2:
+        raise ValueError(f"conv2d: {name} must be an int or a pair, got {v!r}")
+    return pair
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """2-D convolution, no groups or dilation. stride: int or (sh, sw); padding (zeros): int, (ph, pw) or
+    (top, bottom, left, right). On CPU float32 the extension builds the im2col columns band by band in a small
+    workspace and multiplies them with Paddle's matmul; the fallback is ``F.conv2d``."""
+    stride = _pair(stride, "stride")
+    pad = (padding,) * 4 if isinstance(padding, int) else tuple(int(p) for p in padding)
+    if len(pad) == 2:
+        pad = (pad[0], pad[0], pad[1], pad[1])
+    if len(pad) != 4 or min(pad) < 0 or min(stride) < 1:
+        raise ValueError(f"conv2d: stride must be positive and padding non-negative, got {stride}, {padding!r}")
+    tensors = [x, weight] if bias is None else [x, weight, bias]
+    if not (x.ndim == 4 and _use_ext("conv2d", tensors, tensors)):
+        return fallback.conv2d(x, weight, bias, stride, pad)
+    if bias is None:
+        bias = paddle.zeros([weight.shape[0]], dtype="float32")
+    x = x if x.is_contiguous() else x.contiguous()
+    return _EXT.pmx_conv2d(x, weight, bias, *stride, *pad)
 
 
 def vq_nearest(latents, codebook):

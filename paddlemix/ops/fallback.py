@@ -35,6 +35,12 @@ def rotary_embedding(q, k, position_ids, inv_freq):
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
+def conv2d(x, weight, bias, stride, padding):
+    """2-D convolution of x [N, C, H, W] with weight [Cout, C, kh, kw] (+ bias [Cout] unless None), no groups or
+    dilation; stride (sh, sw) and zero padding (top, bottom, left, right), as ``F.conv2d``."""
+    return F.conv2d(x, weight, bias, stride=list(stride), padding=list(padding))
+
+
 def vq_nearest(latents, codebook):
     """Index of the nearest codebook row (squared L2, float32) for each row of latents [N, C]; ties -> lowest."""
     z = latents.astype("float32")

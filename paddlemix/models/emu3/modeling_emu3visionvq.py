@@ -41,7 +41,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from ...ops import vq_nearest
+from ...ops import conv2d, vq_nearest
 from ..model_utils import PretrainedModel
 from .configuration_emu3visionvq import Emu3VisionVQConfig
 
@@ -62,8 +62,16 @@ def _group_norm(channels):
     return nn.GroupNorm(num_groups=32, num_channels=channels, epsilon=1e-6)
 
 
+class Emu3VisionVQConv2d(nn.Conv2D):
+    """``nn.Conv2D`` (same parameters and checkpoint keys) computed by ``paddlemix.ops.conv2d``: the fused CPU kernel
+    when the extension is built, ``F.conv2d`` otherwise. Zero padding, no groups or dilation."""
+
+    def forward(self, x):
+        return conv2d(x, self.weight, self.bias, self._stride, self._padding)
+
+
 def _conv2d(cin, cout, kernel_size):
-    return nn.Conv2D(cin, cout, kernel_size, padding=kernel_size // 2)
+    return Emu3VisionVQConv2d(cin, cout, kernel_size, padding=kernel_size // 2)
 
 
 class Emu3VisionVQCausalConv3d(nn.Layer):
@@ -163,7 +171,7 @@ class Emu3VisionVQSpatialNorm(nn.Layer):
         c = x.shape[1]
         weight = paddle.concat([self.conv_y.weight, self.conv_b.weight])
         bias = paddle.concat([self.conv_y.bias, self.conv_b.bias])
-        scale_shift = F.interpolate(F.conv2d(zq, weight, bias), size=x.shape[-2:], mode="nearest")
+        scale_shift = F.interpolate(conv2d(zq, weight, bias), size=x.shape[-2:], mode="nearest")
         scale, shift = paddle.split(scale_shift, [c, c], axis=1)
         return self.norm_layer(x) * scale + shift
 
@@ -185,7 +193,7 @@ class Emu3VisionVQResnetBlock(nn.Layer):
             self.norm2 = _group_norm(out_channels)
         self.conv1 = _conv2d(in_channels, out_channels, 3)
         self.conv2 = _conv2d(out_channels, out_channels, 3)
-        self.nin_shortcut = nn.Conv2D(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.nin_shortcut = Emu3VisionVQConv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x, zq=None):
         norm_args = (zq,) if self.spatial else ()
@@ -230,7 +238,7 @@ class Emu3VisionVQDownsample(nn.Layer):
 
     def __init__(self, channels):
         super().__init__()
-        self.conv = nn.Conv2D(channels, channels, 3, stride=2, padding=[0, 1, 0, 1])
+        self.conv = Emu3VisionVQConv2d(channels, channels, 3, stride=2, padding=[0, 1, 0, 1])
 
     def forward(self, x):
         return self.conv(x)
