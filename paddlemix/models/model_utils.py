@@ -85,7 +85,10 @@ def checkpoint_files(folder):
     raise CheckpointError(f"no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {folder}{hint}")
 
 
-def _to_paddle_dtype_array(arr, st_dtype, target):
+_CHUNK_BYTES = 64 * 1024**2
+
+
+def _convert(arr, st_dtype, target):
     """A numpy array in the target dtype (bfloat16 targets get uint16 bits)."""
     if target == "bfloat16":
         if st_dtype == "BF16":
@@ -94,6 +97,29 @@ def _to_paddle_dtype_array(arr, st_dtype, target):
     if st_dtype == "BF16":
         arr = bf16_to_f32(arr)
     return arr.astype(target, copy=False)
+
+
+def _read_tensor(st, key, shape, target, transpose):
+    """The checkpoint tensor ``key`` as a contiguous numpy array of ``shape`` in ``target`` (bf16: uint16 bits).
+
+    Converted (and, for Linear weights, transposed) in blocks of rows of about 64 MB, releasing each block's mapped
+    file pages once copied: loading holds at most the result plus one block, never the whole tensor twice.
+    """
+    src = st.get(key)
+    st_dtype = st.dtype(key)
+    out = np.empty(shape, dtype=np.uint16 if target == "bfloat16" else np.dtype(target))
+    rows = src.reshape(src.shape[0], -1) if src.ndim > 1 else src.reshape(-1, 1)
+    flat = out.reshape(-1, rows.shape[0]) if transpose else out.reshape(rows.shape)
+    row_bytes = max(1, rows.shape[1] * src.itemsize)
+    step = max(1, _CHUNK_BYTES // row_bytes)
+    for r0 in range(0, rows.shape[0], step):
+        block = _convert(rows[r0 : r0 + step], st_dtype, target)
+        if transpose:
+            flat[:, r0 : r0 + step] = block.T
+        else:
+            flat[r0 : r0 + step] = block
+        st.release(key, r0 * row_bytes, (r0 + step) * row_bytes)
+    return out
 
 
 class PretrainedModel(nn.Layer):
@@ -201,21 +227,13 @@ class PretrainedModel(nn.Layer):
                 )
             for st, key, name, is_linear in plan:
                 param = state[name]
-                arr = st.get(key)
-                if is_linear:
-                    arr = arr.T
-                arr = np.ascontiguousarray(arr.reshape(list(param.shape)))
-                src_dtype = st.dtype(key)
                 want = str(param.dtype).replace("paddle.", "")
-                if want in ("float32", "float16", "bfloat16", "float64"):
-                    arr = _to_paddle_dtype_array(arr, src_dtype, want)
-                    value = paddle.to_tensor(arr)
-                    if want == "bfloat16":
-                        value = value.view(paddle.bfloat16)
+                arr = _read_tensor(st, key, list(param.shape), want, is_linear)
+                if want == "bfloat16":
+                    param.set_value(paddle.to_tensor(arr).view(paddle.bfloat16))
                 else:
-                    value = paddle.to_tensor(arr.astype(want))
-                param.set_value(value)
-                del value, arr
+                    param.set_value(arr)  # one copy, straight from numpy into the parameter
+                del arr
         finally:
             for st in opened.values():
                 st.close()

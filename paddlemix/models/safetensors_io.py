@@ -102,6 +102,20 @@ class SafetensorsFile:
         arr = np.frombuffer(self._mmap, dtype=npdt, count=count, offset=self._data_start + begin)
         return arr.reshape(shape)
 
+    def release(self, name, start=0, stop=None):
+        """Drop the mapped pages of bytes [start, stop) of a tensor that was copied out, so that they no longer count
+        in this process's memory (the file stays mapped; a later read maps them in again)."""
+        if self._mmap is None or not hasattr(self._mmap, "madvise"):
+            return
+        dtype, shape, begin = self._entries[name]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_NP_DTYPES[dtype]).itemsize
+        stop = nbytes if stop is None else min(stop, nbytes)
+        first = self._data_start + begin + start
+        aligned = first - first % mmap.PAGESIZE
+        length = self._data_start + begin + stop - aligned
+        if length > 0:
+            self._mmap.madvise(mmap.MADV_DONTNEED, aligned, length)
+
     def close(self):
         mm = getattr(self, "_mmap", None)
         if mm is not None:
