@@ -186,14 +186,21 @@ def test_save_load_round_trip(model, tmp_path, fixtures_dir):
     np.testing.assert_array_equal(again(ids).logits.numpy(), model(ids).logits.numpy())
 
 
-def _hf_layout(llm_dir, out_dir, prefix_model, lm_head_key):
-    """The fixture LM rewritten in transformers' -hf layout (plus a vision-tokenizer key that must be ignored)."""
+def _hf_layout(llm_dir, out_dir, prefix_model, lm_head_key, rope_style="v4"):
+    """The fixture LM rewritten in transformers' -hf layout (plus a vision-tokenizer key that must be ignored).
+
+    rope_style "v4": rope_theta and rope_scaling fields (transformers 4.x); "v5": one rope_parameters dict (5.x).
+    """
     cfg = json.loads((llm_dir / "config.json").read_text())
     ids = {k: cfg.pop(k) for k in ("img_token_id", "boi_token_id", "eoi_token_id", "eol_token_id", "eof_token_id")}
     image_area = cfg.pop("image_area")
     cfg.pop("model_type")
-    text_config = dict(cfg, model_type="emu3_text_model", rope_scaling={"rope_type": "default"},
-                       mlp_bias=False, attention_bias=False)
+    if rope_style == "v5":
+        rope = {"rope_parameters": {"rope_theta": cfg.pop("rope_theta"), "rope_type": "default"}}
+        cfg.pop("rope_scaling")
+    else:
+        rope = {"rope_scaling": {"rope_type": "default"}}
+    text_config = dict(cfg, model_type="emu3_text_model", mlp_bias=False, attention_bias=False, **rope)
     vocab = {"<|image token|>": ids["img_token_id"], "<|image start|>": ids["boi_token_id"],
              "<|image end|>": ids["eoi_token_id"], "<|extra_200|>": ids["eol_token_id"],
              "<|extra_201|>": ids["eof_token_id"], "hello": 5}
@@ -212,10 +219,11 @@ def _hf_layout(llm_dir, out_dir, prefix_model, lm_head_key):
     return image_area
 
 
-@pytest.mark.parametrize("prefix,head", [("model.text_model.", "lm_head.weight"),
-                                         ("text_model.model.", "text_model.lm_head.weight")])
-def test_hf_layout_loads_identically(model, llm_dir, tmp_path, prefix, head):
-    image_area = _hf_layout(llm_dir, tmp_path, prefix, head)
+@pytest.mark.parametrize("prefix,head,rope_style", [("model.text_model.", "lm_head.weight", "v4"),
+                                                    ("text_model.model.", "text_model.lm_head.weight", "v4"),
+                                                    ("model.text_model.", "lm_head.weight", "v5")])
+def test_hf_layout_loads_identically(model, llm_dir, tmp_path, prefix, head, rope_style):
+    image_area = _hf_layout(llm_dir, tmp_path, prefix, head, rope_style)
     hf = Emu3ForCausalLM.from_pretrained(str(tmp_path))
     for key in Emu3Config.field_names():
         if key != "image_area":
@@ -248,3 +256,16 @@ def test_long_prefill_in_query_blocks_equals_one_block(model, fixtures_dir, monk
     monkeypatch.undo()
     assert _max_diff(blocks, whole, mask.astype(bool)) < 1e-5
     np.testing.assert_allclose(unmasked, model(ids[:1]).logits.numpy(), atol=1e-5)
+
+
+def test_hf_config_rope_parameters(llm_dir):
+    """transformers 5.x keeps RoPE in rope_parameters: theta and scaling are read from there, never defaulted."""
+    cfg = json.loads((llm_dir / "config.json").read_text())
+    cfg.pop("rope_theta")
+    cfg.pop("rope_scaling")
+    text = dict(cfg, model_type="emu3_text_model",
+                rope_parameters={"rope_theta": 5000.0, "rope_type": "linear", "factor": 2.0})
+    for layout in (text, {"model_type": "emu3", "text_config": text, "vocabulary_map": {}}):
+        config = Emu3Config.from_dict(layout)
+        assert config.rope_theta == 5000.0
+        assert config.rope_scaling == {"type": "linear", "factor": 2.0}

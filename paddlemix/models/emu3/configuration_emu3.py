@@ -122,10 +122,15 @@ class Emu3Config(PretrainedConfig):
 
     @classmethod
     def _normalize_dict(cls, d):
-        """Accept transformers' ``-hf`` layout: model_type "emu3" with text_config, vq_config and vocabulary_map."""
-        if "text_config" not in d:
+        """Accept transformers' ``-hf`` layouts: model_type "emu3" with text_config, vq_config and vocabulary_map, or
+        a bare text config (model_type "emu3_text_model"); RoPE as rope_theta/rope_scaling (4.x) or rope_parameters
+        (5.x)."""
+        if "text_config" in d:
+            text = dict(d["text_config"] or {})
+        elif d.get("model_type") == "emu3_text_model":
+            text = d
+        else:
             return d
-        text = dict(d["text_config"] or {})
         vocab = d.get("vocabulary_map") or {}
         out = {"model_type": cls.model_type}
         fields = set(cls.field_names())
@@ -136,6 +141,11 @@ class Emu3Config(PretrainedConfig):
             elif key in fields:  # other keys are transformers' generic bookkeeping (architectures, dtype, ...)
                 out[key] = value
         rs = out.get("rope_scaling")
+        params = text.get("rope_parameters")
+        if isinstance(params, dict):
+            if "rope_theta" in params:
+                out["rope_theta"] = params["rope_theta"]
+            rs = params
         if isinstance(rs, dict):
             kind = rs.get("rope_type", rs.get("type"))
             if kind in (None, "default"):
