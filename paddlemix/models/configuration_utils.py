@@ -59,6 +59,27 @@ def resolve_model_dir(path_or_repo_id, required_file=None):
     return local
 
 
+def read_json_object(path):
+    """The JSON object in a config file; FileNotFoundError / ValueError naming the file otherwise."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return d
+
+
+def reject_unknown_fields(d, fields, ignored, owner, source):
+    """ValueError listing the keys of ``d`` that are neither ``fields`` nor ``ignored`` bookkeeping keys."""
+    unknown = sorted(k for k in d if k not in fields and k not in ignored)
+    if unknown:
+        raise ValueError(f"{source} has fields that {owner} does not know: {unknown}")
+
+
 class PretrainedConfig:
     """Base for model configs. Subclasses declare every field as a keyword of ``__init__`` with its default.
 
@@ -94,23 +115,12 @@ class PretrainedConfig:
         if mt is not None and mt != cls.model_type and mt not in cls.model_type_aliases:
             raise ValueError(f"{source} has model_type '{mt}', but {cls.__name__} expects '{cls.model_type}'")
         fields = set(cls.field_names())
-        unknown = sorted(k for k in d if k not in fields and k not in META_KEYS)
-        if unknown:
-            raise ValueError(f"{source} has fields that {cls.__name__} does not know: {unknown}")
+        reject_unknown_fields(d, fields, META_KEYS, cls.__name__, source)
         return cls(**{k: v for k, v in d.items() if k in fields})
 
     @classmethod
     def from_json_file(cls, path):
-        try:
-            with open(path, "r", encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path} does not hold a JSON object")
-        return cls.from_dict(d, source=path)
+        return cls.from_dict(read_json_object(path), source=path)
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id, **overrides):

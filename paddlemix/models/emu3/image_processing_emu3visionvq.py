@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 from PIL import Image, UnidentifiedImageError
 
-from ..configuration_utils import resolve_model_dir
+from ..configuration_utils import read_json_object, reject_unknown_fields, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +148,7 @@ class Emu3VisionVQImageProcessor:
                 if key in size:
                     d.setdefault(key, size[key])
         fields = set(cls().to_dict())
-        unknown = sorted(k for k in d if k not in fields and k not in _META_KEYS)
-        if unknown:
-            raise ValueError(f"{source} has fields that {cls.__name__} does not know: {unknown}")
+        reject_unknown_fields(d, fields, _META_KEYS, cls.__name__, source)
         return cls(**{k: v for k, v in d.items() if k in fields})
 
     @classmethod
@@ -158,14 +156,7 @@ class Emu3VisionVQImageProcessor:
         """Read ``preprocessor_config.json`` from a folder (or a hub repo id)."""
         folder = resolve_model_dir(path_or_repo_id, PREPROCESSOR_NAME)
         path = os.path.join(folder, PREPROCESSOR_NAME)
-        try:
-            with open(path, "r", encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path} does not hold a JSON object")
-        return cls.from_dict(d, source=path)
+        return cls.from_dict(read_json_object(path), source=path)
 
     def save_pretrained(self, save_dir):
         os.makedirs(save_dir, exist_ok=True)
