@@ -55,6 +55,12 @@ std::vector<paddle::Tensor> Conv2dForward(const paddle::Tensor& x, const paddle:
       const int64_t r1 = std::min(ho, r0 + band_rows), len = (r1 - r0) * wo;
       float* cp = direct ? const_cast<float*>(xp + b * c * h * w) : cols.data<float>();
       if (!direct) pmx::im2col_cpu(xp + b * c * h * w, cp, c, h, w, kh, kw, sh, sw, pt, pl, wo, r0, r1);
+      if (direct) {  // the GEMM writes straight into the output, the bias is added in place
+        auto dst = pmx_view(op + b * cout * ho * wo, {cout, len}, place);
+        paddle::experimental::matmul(w2, pmx_view(cp, {k, len}, place), false, false, &dst);
+        pmx::add_bias_into(op + b * cout * ho * wo, bias.data<float>(), op + b * cout * ho * wo, cout, len, 0, len);
+        continue;
+      }
       auto band = paddle::experimental::matmul(w2, pmx_view(cp, {k, len}, place));
       pmx::add_bias_into(band.data<float>(), bias.data<float>(), op + b * cout * ho * wo, cout, len, r0 * wo,
                          ho * wo);
