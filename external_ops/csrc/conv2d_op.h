@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "kernels/im2col_cpu.h"
@@ -56,9 +57,12 @@ std::vector<paddle::Tensor> Conv2dForward(const paddle::Tensor& x, const paddle:
       float* cp = direct ? const_cast<float*>(xp + b * c * h * w) : cols.data<float>();
       if (!direct) pmx::im2col_cpu(xp + b * c * h * w, cp, c, h, w, kh, kw, sh, sw, pt, pl, wo, r0, r1);
       if (direct) {  // the GEMM writes straight into the output, the bias is added in place
-        auto dst = pmx_view(op + b * cout * ho * wo, {cout, len}, place);
-        paddle::experimental::matmul(w2, pmx_view(cp, {k, len}, place), false, false, &dst);
-        pmx::add_bias_into(op + b * cout * ho * wo, bias.data<float>(), op + b * cout * ho * wo, cout, len, 0, len);
+        float* ob = op + b * cout * ho * wo;
+        auto dst = pmx_view(ob, {cout, len}, place);
+        auto res = paddle::experimental::matmul(w2, pmx_view(cp, {k, len}, place), false, false, &dst);
+        // a Paddle version that allocates its own result instead of writing into dst: copy it over
+        if (res.data<float>() != ob) std::memcpy(ob, res.data<float>(), sizeof(float) * cout * len);
+        pmx::add_bias_into(ob, bias.data<float>(), ob, cout, len, 0, len);
         continue;
       }
       auto band = paddle::experimental::matmul(w2, pmx_view(cp, {k, len}, place));
