@@ -15,7 +15,7 @@ import paddlemix.ops as ops
 from op_reference import F32, np_cfg_sample, np_conv2d, np_rms_norm, np_rotary, np_vq_nearest
 from paddlemix.ops import fallback
 
-OPS = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d")
+OPS = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear")
 ORIGINAL_FALLBACK = {name: getattr(fallback, name) for name in OPS}
 
 
@@ -293,6 +293,79 @@ def test_conv2d_rejects_bad_arguments(stride, padding):
     x, weight, bias = _conv_inputs(1, 2, 3, 5, 5, 3, 3, 9)
     with pytest.raises(ValueError, match="conv2d"):
         ops.conv2d(t(x), t(weight), t(bias), stride, padding)
+
+
+# ----------------------------------------------------------------------------------------------- linear
+# (leading shape, K, N): one to LINEAR_MAX_ROWS rows, K odd or not a multiple of 4, N below / not a multiple of the
+# 8-wide vectors, 2-D and 3-D inputs, and weights large enough for the threaded path
+LINEAR_CASES = [
+    ((1,), 512, 128),
+    ((2,), 513, 1003),
+    ((3,), 7, 5),
+    ((1, 1), 1376, 520),
+    ((2, 1), 300, 257),
+    ((1, 5), 129, 9),
+    ((4, 4), 64, 2048),
+    ((16,), 515, 1001),
+]
+
+
+def _linear_inputs(lead, k, n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((*lead, k)).astype(F32), rng.standard_normal((k, n)).astype(F32)
+
+
+def _np_linear(x, w):
+    return (x.astype(np.float64) @ w.astype(np.float64)).astype(F32)
+
+
+def _linear_tol(k):
+    return 2e-5 * np.sqrt(k)  # float32 sums of K products of unit normals, any order
+
+
+@pytest.mark.parametrize("lead,k,n", LINEAR_CASES)
+def test_linear_fallback_matches_numpy(lead, k, n):
+    x, w = _linear_inputs(lead, k, n, 0)
+    got = fallback.linear(t(x), t(w)).numpy()
+    assert got.shape == (*lead, n)
+    np.testing.assert_allclose(got, _np_linear(x, w), rtol=1e-5, atol=_linear_tol(k))
+
+
+@pytest.mark.parametrize("lead,k,n", LINEAR_CASES)
+def test_linear_extension(lead, k, n, ext_only):
+    x, w = _linear_inputs(lead, k, n, 1)
+    with paddle.no_grad():
+        got = ops.linear(t(x), t(w)).numpy()
+    assert got.shape == (*lead, n)
+    np.testing.assert_allclose(got, _np_linear(x, w), rtol=1e-5, atol=_linear_tol(k))
+    reference = _fallback_of("linear")(t(x), t(w)).numpy()
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=_linear_tol(k))
+
+
+def test_linear_non_contiguous_input(ext_only):
+    x, w = _linear_inputs((65, 2), 33, 40, 2)
+    xt = t(x).transpose([1, 0, 2])[:, 1:3]  # [65, 2, 33] -> a strided [2, 2, 33] view: 4 rows
+    with paddle.no_grad():
+        got = ops.linear(xt, t(w)).numpy()
+    np.testing.assert_allclose(got, _np_linear(x.transpose(1, 0, 2)[:, 1:3], w), rtol=1e-5, atol=_linear_tol(33))
+
+
+def test_linear_many_rows_take_matmul(monkeypatch):
+    """More than LINEAR_MAX_ROWS rows go to the fallback (Paddle's matmul) even when the kernel is enabled."""
+    calls = []
+    monkeypatch.setattr(fallback, "linear", lambda x, w: calls.append(x.shape) or ORIGINAL_FALLBACK["linear"](x, w))
+    monkeypatch.setattr(ops, "CPU_EXT_OPS", frozenset(OPS))
+    x, w = _linear_inputs((ops.LINEAR_MAX_ROWS + 1,), 24, 10, 3)
+    with paddle.no_grad():
+        got = ops.linear(t(x), t(w)).numpy()
+    assert calls == [list(x.shape)]
+    np.testing.assert_allclose(got, _np_linear(x, w), rtol=1e-5, atol=_linear_tol(24))
+
+
+@pytest.mark.parametrize("x_shape,w_shape", [((2, 8), (9, 4)), ((8,), (8,)), ((2, 8), (8, 4, 1))])
+def test_linear_rejects_mismatched_shapes(x_shape, w_shape):
+    with pytest.raises(ValueError, match="linear"):
+        ops.linear(paddle.zeros(x_shape), paddle.zeros(w_shape))
 
 
 # ----------------------------------------------------------------------------------------------- dispatch

@@ -5,6 +5,7 @@
 #include "build_info_op.h"
 #include "cfg_sample_op.h"
 #include "conv2d_op.h"
+#include "linear_op.h"
 #include "rms_norm_op.h"
 #include "rotary_op.h"
 #include "vq_nearest_op.h"
@@ -32,6 +33,13 @@ PD_BUILD_OP(pmx_conv2d)
     .SetKernelFn(PD_KERNEL(Conv2dForward))
     .SetInferShapeFn(PD_INFER_SHAPE(Conv2dShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Conv2dDtype));
+
+PD_BUILD_OP(pmx_linear)
+    .Inputs({"X", "Weight"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(LinearForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(LinearDtype));
 
 PD_BUILD_OP(pmx_rms_norm)
     .Inputs({"X", "Weight"})

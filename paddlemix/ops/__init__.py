@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 # ops whose CPU kernel is used by default (each measured faster than its fallback by benchmarks/bench_ops.py)
 CPU_EXT_OPS = frozenset({"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d"})
 # ops with only a CPU kernel (no CUDA one): on GPU they always take the fallback
-_CPU_ONLY_OPS = frozenset({"conv2d"})
+_CPU_ONLY_OPS = frozenset({"conv2d", "linear"})
 _GPU_DTYPES = (paddle.float32, paddle.bfloat16, paddle.float16)
 
 _EXT = None
@@ -55,7 +55,7 @@ def extension():
 def report():
     """A dict saying, for each op, what runs on CPU and on GPU: 'extension' or 'fallback'."""
     ext = extension()
-    ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d")
+    ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear")
     return {
         "extension": getattr(ext, "__file__", None) if ext is not None else None,
         "cpu": {op: "extension" if ext is not None and op in CPU_EXT_OPS else "fallback" for op in ops},
@@ -126,6 +126,39 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         bias = paddle.zeros([weight.shape[0]], dtype="float32")
     x = x if x.is_contiguous() else x.contiguous()
     return _EXT.pmx_conv2d(x, weight, bias, *stride, *pad)
+
+
+# most rows for which ops.linear may use the extension's kernel (a GEMV-shaped product that streams the weight once);
+# more rows go to Paddle's matmul (MKL's GEMM reuses each weight for many rows). "linear" is not in CPU_EXT_OPS: on the
+# 2-core AMD EPYC machine this was measured on, the kernel streams the weights slower than MKL's GEMV at one row and
+# made the decode step slower (benchmarks/RESULTS.md); add it to CPU_EXT_OPS to use it
+LINEAR_MAX_ROWS = 16
+
+
+def linear(x, weight):
+    """x [..., K] @ weight [K, N] (Paddle's [in, out] layout, as ``nn.Linear.weight``), no bias. On CPU float32
+    with at most ``LINEAR_MAX_ROWS`` rows (a decode step) the extension streams the weight once across the threads;
+    otherwise (and in the fallback, the default on CPU: see ``CPU_EXT_OPS``) it is ``paddle.matmul``. Meant for every
+    projection of every decode step, so
+    the checks are the cheap ones (dtype identity, not ``==``)."""
+    shape, w_shape = x.shape, weight.shape
+    if not shape or len(w_shape) != 2 or shape[-1] != w_shape[0]:
+        raise ValueError(f"linear: x [..., K] and weight [K, N] must share K, got {shape} and {w_shape}")
+    rows = 1
+    for size in shape[:-1]:
+        rows *= size
+    use = (
+        rows <= LINEAR_MAX_ROWS
+        and extension() is not None
+        and "linear" in CPU_EXT_OPS
+        and x.dtype is paddle.float32
+        and weight.dtype is paddle.float32
+        and x.place.is_cpu_place()
+        and (not paddle.is_grad_enabled() or (x.stop_gradient and weight.stop_gradient))
+    )
+    if not use:
+        return fallback.linear(x, weight)
+    return _EXT.pmx_linear(x if x.is_contiguous() else x.contiguous(), weight)
 
 
 def vq_nearest(latents, codebook):

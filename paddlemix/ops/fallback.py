@@ -41,6 +41,11 @@ def conv2d(x, weight, bias, stride, padding):
     return F.conv2d(x, weight, bias, stride=list(stride), padding=list(padding))
 
 
+def linear(x, weight):
+    """x [..., K] @ weight [K, N] (Paddle's [in, out] layout), no bias, as ``F.linear``."""
+    return paddle.matmul(x, weight)
+
+
 def vq_nearest(latents, codebook):
     """Index of the nearest codebook row (squared L2, float32) for each row of latents [N, C]; ties -> lowest."""
     z = latents.astype("float32")
