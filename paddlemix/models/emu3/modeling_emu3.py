@@ -59,14 +59,20 @@ def grouped_attention(q, keys, values, attn_mask):
     group = heads // kv_heads
     qh = q.reshape([bsz, kv_heads, group, dim]) if q_len == 1 else q.transpose([0, 2, 1, 3])
     qh = qh.reshape([bsz, kv_heads, group * q_len, dim])
-    scores = paddle.matmul(qh, keys, transpose_y=True) * (1.0 / math.sqrt(dim))
+    # scale, mask and softmax in place on the fresh scores: on CPU a new [H, L, S] buffer per op costs more (page
+    # faults) than the op, and Paddle's broadcast of a [L, S] mask over the heads of a 5-D tensor is slower still
+    scores = paddle.matmul(qh, keys, transpose_y=True).scale_(1.0 / math.sqrt(dim))
     if attn_mask is not None:
-        if attn_mask.shape[1] == 1:
-            scores = scores.reshape([bsz, kv_heads, group, q_len, kv_len]) + attn_mask.unsqueeze(1)
+        if attn_mask.shape[1] != 1:
+            scores.add_(attn_mask)
+        elif bsz == 1:
+            scores = scores.reshape([heads, q_len, kv_len])
+            scores.add_(attn_mask.reshape([q_len, kv_len]))
             scores = scores.reshape([bsz, kv_heads, group * q_len, kv_len])
         else:
-            scores = scores + attn_mask
-    probs = F.softmax(to_float32(scores), axis=-1)
+            scores = scores.reshape([bsz, kv_heads, group, q_len, kv_len]) + attn_mask.unsqueeze(1)
+            scores = scores.reshape([bsz, kv_heads, group * q_len, kv_len])
+    probs = F.softmax_(to_float32(scores), axis=-1)
     if probs.dtype != q.dtype:
         probs = probs.astype(q.dtype)
     out = paddle.matmul(probs, values)  # [B, Hk, g*L, D]
@@ -361,6 +367,8 @@ class Emu3ForCausalLM(PretrainedModel):
                 attn_mask = additive_mask(key_mask, q_len, past, self.dtype)
         elif not bool(key_mask.astype("bool").all()):
             attn_mask = additive_mask(key_mask, q_len, 0, self.dtype)
+        elif q_len > 1 and attention_backend(self.dtype, False) == "math":
+            attn_mask = additive_mask(key_mask[:1], q_len, 0, self.dtype)  # the causal mask, once for all layers
         hidden, all_hidden = self.model(input_ids, position_ids, attn_mask, cache, output_hidden_states)
         logits = to_float32(self.lm_head(hidden))
         return Emu3CausalLMOutput(
