@@ -332,7 +332,8 @@ def test_linear_fallback_matches_numpy(lead, k, n):
 
 
 @pytest.mark.parametrize("lead,k,n", LINEAR_CASES)
-def test_linear_extension(lead, k, n, ext_only):
+def test_linear_extension(lead, k, n, ext_only, monkeypatch):
+    monkeypatch.setattr(ops, "LINEAR_MIN_WEIGHTS", 0)
     x, w = _linear_inputs(lead, k, n, 1)
     with paddle.no_grad():
         got = ops.linear(t(x), t(w)).numpy()
@@ -342,7 +343,8 @@ def test_linear_extension(lead, k, n, ext_only):
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=_linear_tol(k))
 
 
-def test_linear_non_contiguous_input(ext_only):
+def test_linear_non_contiguous_input(ext_only, monkeypatch):
+    monkeypatch.setattr(ops, "LINEAR_MIN_WEIGHTS", 0)
     x, w = _linear_inputs((65, 2), 33, 40, 2)
     xt = t(x).transpose([1, 0, 2])[:, 1:3]  # [65, 2, 33] -> a strided [2, 2, 33] view: 4 rows
     with paddle.no_grad():
@@ -350,12 +352,15 @@ def test_linear_non_contiguous_input(ext_only):
     np.testing.assert_allclose(got, _np_linear(x.transpose(1, 0, 2)[:, 1:3], w), rtol=1e-5, atol=_linear_tol(33))
 
 
-def test_linear_many_rows_take_matmul(monkeypatch):
-    """More than LINEAR_MAX_ROWS rows go to the fallback (Paddle's matmul) even when the kernel is enabled."""
+@pytest.mark.parametrize("rows_over,weights_under", [(1, 0), (0, 1)])
+def test_linear_many_rows_or_small_weight_take_matmul(rows_over, weights_under, monkeypatch):
+    """More than LINEAR_MAX_ROWS rows, or a weight under LINEAR_MIN_WEIGHTS, go to the fallback (Paddle's matmul)
+    even when the kernel is enabled."""
     calls = []
     monkeypatch.setattr(fallback, "linear", lambda x, w: calls.append(x.shape) or ORIGINAL_FALLBACK["linear"](x, w))
     monkeypatch.setattr(ops, "CPU_EXT_OPS", frozenset(OPS))
-    x, w = _linear_inputs((ops.LINEAR_MAX_ROWS + 1,), 24, 10, 3)
+    monkeypatch.setattr(ops, "LINEAR_MIN_WEIGHTS", 24 * 10 + weights_under)
+    x, w = _linear_inputs((ops.LINEAR_MAX_ROWS + rows_over,), 24, 10, 3)
     with paddle.no_grad():
         got = ops.linear(t(x), t(w)).numpy()
     assert calls == [list(x.shape)]

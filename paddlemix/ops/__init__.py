@@ -19,7 +19,7 @@ from . import fallback
 logger = logging.getLogger(__name__)
 
 # ops whose CPU kernel is used by default (each measured faster than its fallback by benchmarks/bench_ops.py)
-CPU_EXT_OPS = frozenset({"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d"})
+CPU_EXT_OPS = frozenset({"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear"})
 # ops with only a CPU kernel (no CUDA one): on GPU they always take the fallback
 _CPU_ONLY_OPS = frozenset({"conv2d", "linear"})
 _GPU_DTYPES = (paddle.float32, paddle.bfloat16, paddle.float16)
@@ -128,11 +128,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     return _EXT.pmx_conv2d(x, weight, bias, *stride, *pad)
 
 
-# most rows for which ops.linear may use the extension's kernel (a GEMV-shaped product that streams the weight once);
-# more rows go to Paddle's matmul (MKL's GEMM reuses each weight for many rows). "linear" is not in CPU_EXT_OPS: on the
-# 2-core AMD EPYC machine this was measured on, the kernel streams the weights slower than MKL's GEMV at one row and
-# made the decode step slower (benchmarks/RESULTS.md); add it to CPU_EXT_OPS to use it
+# ops.linear uses the extension's kernel (a GEMV-shaped product that streams the weight once) for at most
+# LINEAR_MAX_ROWS rows and weights of at least LINEAR_MIN_WEIGHTS elements; other products go to Paddle's matmul
+# (MKL's GEMM reuses each weight for many rows; on small weights MKL's GEMV and its lower call overhead won). Measured
+# on a 2-core AMD EPYC in the decode step of benchmarks/README.md's lm config: lm_head 4.1 -> 3.4 ms at batch 1 and
+# 6.4 -> 4.3 ms at batch 2, the MLP projections equal at batch 1 and 15-25% faster at batch 2, the 512 x 128 and
+# 512 x 512 projections slower (so below the threshold).
 LINEAR_MAX_ROWS = 16
+LINEAR_MIN_WEIGHTS = 1 << 19
 
 
 def linear(x, weight):
@@ -149,6 +152,7 @@ def linear(x, weight):
         rows *= size
     use = (
         rows <= LINEAR_MAX_ROWS
+        and w_shape[0] * w_shape[1] >= LINEAR_MIN_WEIGHTS
         and extension() is not None
         and "linear" in CPU_EXT_OPS
         and x.dtype is paddle.float32

@@ -2,8 +2,8 @@
 // of a decode step. Such a product reads each weight once and does little arithmetic per weight, so its speed is the
 // speed the weight streams from memory: the threads split the columns into contiguous ranges, and each walks its
 // range in panels, reading four weight rows of the panel at a time front to back (whole cache lines, sequential
-// addresses) while the M output rows of the panel stay in L1 and the x values are broadcast from registers.
-// No Paddle types.
+// addresses, the next rows prefetched) while the M output rows of the panel stay in cache and the x values are
+// broadcast from registers. No Paddle types.
 #pragma once
 
 #include <algorithm>
@@ -20,10 +20,18 @@
 
 namespace pmx {
 
-// columns of one panel: 4 weight rows x 1 KB streamed together, the panel's outputs (M x 1 KB) stay in L1
-constexpr int64_t kLinearPanel = 256;
+// columns of one panel: 4 weight rows x 4 KB streamed together, the panel's outputs (M x 4 KB) stay in L1 / L2
+constexpr int64_t kLinearPanel = 1024;
 // weights (K * N) below which one thread does the whole product (the threads' start-up would cost more)
 constexpr int64_t kLinearParallelMinWeights = int64_t(1) << 16;
+
+#if defined(__AVX2__) && defined(__FMA__)
+// the cache line at p in each of the next four weight rows: the hardware prefetcher follows each 4 KB row segment but
+// not the jump to the next group of rows (measured 15-25% faster at one row on a 2-core AMD EPYC)
+static inline void pmx_linear_prefetch(const float* p, int64_t n) {
+  for (int i = 0; i < 4; ++i) _mm_prefetch(reinterpret_cast<const char*>(p + i * n), _MM_HINT_T0);
+}
+#endif
 
 // y[:, c0:c1] += x @ w[:, c0:c1] for the m rows of x and y
 static inline void linear_panel(const float* x, const float* w, float* y, int64_t m, int64_t k, int64_t n, int64_t c0,
@@ -48,6 +56,7 @@ static inline void linear_panel(const float* x, const float* w, float* y, int64_
         float* ya = y0;
         float* yb = y0 + n;
         for (int64_t c = c0; c < cv; c += 8) {
+          if ((c & 15) == 0 && kk + 8 <= k) pmx_linear_prefetch(w0 + 4 * n + c, n);
           const __m256 v0 = _mm256_loadu_ps(w0 + c), v1 = _mm256_loadu_ps(w1 + c), v2 = _mm256_loadu_ps(w2 + c),
                        v3 = _mm256_loadu_ps(w3 + c);
           __m256 s = _mm256_loadu_ps(ya + c);
@@ -67,6 +76,7 @@ static inline void linear_panel(const float* x, const float* w, float* y, int64_
         const __m256 a0 = _mm256_set1_ps(xa[0]), a1 = _mm256_set1_ps(xa[1]), a2 = _mm256_set1_ps(xa[2]),
                      a3 = _mm256_set1_ps(xa[3]);
         for (int64_t c = c0; c < cv; c += 8) {
+          if ((c & 15) == 0 && kk + 8 <= k) pmx_linear_prefetch(w0 + 4 * n + c, n);
           __m256 s = _mm256_loadu_ps(y0 + c);
           s = _mm256_fmadd_ps(a0, _mm256_loadu_ps(w0 + c), s);
           s = _mm256_fmadd_ps(a1, _mm256_loadu_ps(w1 + c), s);

@@ -283,7 +283,7 @@ def generate(
                 token = allowed[step][:, 0]
             else:
                 if plan[step] == "visual":
-                    logits, step_range = to_float32(paddle.matmul(hidden, visual_head)), None
+                    logits, step_range = to_float32(ops.linear(hidden, visual_head)), None
                 else:
                     logits = to_float32(model.lm_head(hidden))
                     step_range = allowed[step] if allowed is not None else None

@@ -166,12 +166,24 @@ class Emu3RMSNorm(nn.Layer):
         return ops.rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
 
+class Emu3Linear(nn.Linear):
+    """A bias-free ``nn.Linear`` computed by ``ops.linear``: on CPU the few rows of a decode step stream a large
+    weight once through the fused kernel, anything else takes Paddle's matmul. Same ``weight`` parameter as
+    ``nn.Linear`` (the checkpoint loader transposes it as for any ``nn.Linear``)."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__(in_features, out_features, bias_attr=False)
+
+    def forward(self, x):
+        return ops.linear(x, self.weight)
+
+
 class Emu3MLP(nn.Layer):
     def __init__(self, config):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias_attr=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias_attr=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias_attr=False)
+        self.gate_proj = Emu3Linear(config.hidden_size, config.intermediate_size)
+        self.up_proj = Emu3Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = Emu3Linear(config.intermediate_size, config.hidden_size)
         self.act_fn = _ACTIVATIONS[config.hidden_act]
 
     def forward(self, x):
@@ -187,10 +199,10 @@ class Emu3Attention(nn.Layer):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias_attr=False)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias_attr=False)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias_attr=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias_attr=False)
+        self.q_proj = Emu3Linear(config.hidden_size, self.num_heads * self.head_dim)
+        self.k_proj = Emu3Linear(config.hidden_size, self.num_kv_heads * self.head_dim)
+        self.v_proj = Emu3Linear(config.hidden_size, self.num_kv_heads * self.head_dim)
+        self.o_proj = Emu3Linear(self.num_heads * self.head_dim, config.hidden_size)
 
     def forward(self, hidden_states, position_ids, inv_freq, attn_mask, cache):
         """attn_mask: None (plain causal, no earlier or unfilled cache slots) or an additive mask over the key slots."""
@@ -298,7 +310,7 @@ class Emu3ForCausalLM(PretrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.model = Emu3Model(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
+        self.lm_head = Emu3Linear(config.hidden_size, config.vocab_size)
 
     @classmethod
     def _map_checkpoint_key(cls, key):
