@@ -296,7 +296,7 @@ def test_conv2d_rejects_bad_arguments(stride, padding):
 
 
 # ----------------------------------------------------------------------------------------------- linear
-# (leading shape, K, N): one to LINEAR_MAX_ROWS rows, K odd or not a multiple of 4, N below / not a multiple of the
+# (leading shape, K, N): one to LINEAR_MAX_ROWS rows, K odd, not a multiple of 4 or 0, N below / not a multiple of the
 # 8-wide vectors, 2-D and 3-D inputs, and weights large enough for the threaded path
 LINEAR_CASES = [
     ((1,), 512, 128),
@@ -307,6 +307,7 @@ LINEAR_CASES = [
     ((1, 5), 129, 9),
     ((4, 4), 64, 2048),
     ((16,), 515, 1001),
+    ((2,), 0, 9),
 ]
 
 

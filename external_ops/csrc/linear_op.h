@@ -16,8 +16,9 @@ std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle:
   PD_CHECK(!x_shape.empty() && w_shape.size() == 2 && x_shape.back() == w_shape[0],
            "paddlemix_ops.linear: x [..., K] and weight [K, N] must share K");
   const int64_t k = w_shape[0], n = w_shape[1];
-  const int64_t m = k > 0 ? x.numel() / k : 0;
   std::vector<int64_t> out_shape(x_shape.begin(), x_shape.end() - 1);
+  int64_t m = 1;
+  for (int64_t d : out_shape) m *= d;
   out_shape.push_back(n);
   auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, x.place());
   pmx::linear_small_m_cpu(x.data<float>(), weight.data<float>(), y.data<float>(), m, k, n);
