@@ -139,11 +139,12 @@ LINEAR_MIN_WEIGHTS = 1 << 19
 
 
 def linear(x, weight):
-    """x [..., K] @ weight [K, N] (Paddle's [in, out] layout, as ``nn.Linear.weight``), no bias. On CPU float32
-    with at most ``LINEAR_MAX_ROWS`` rows (a decode step) the extension streams the weight once across the threads;
-    otherwise (and in the fallback, the default on CPU: see ``CPU_EXT_OPS``) it is ``paddle.matmul``. Meant for every
-    projection of every decode step, so
-    the checks are the cheap ones (dtype identity, not ``==``)."""
+    """x [..., K] @ weight [K, N] (Paddle's [in, out] layout, as ``nn.Linear.weight``), no bias.
+
+    On CPU float32, with at most ``LINEAR_MAX_ROWS`` rows (a decode step) and a weight of at least
+    ``LINEAR_MIN_WEIGHTS`` elements, the extension streams the weight once across the threads; everything else (and
+    the fallback) is ``paddle.matmul``. It runs for every projection of every decode step, so the checks are the
+    cheap ones (dtype identity, not ``==``)."""
     shape, w_shape = x.shape, weight.shape
     if not shape or len(w_shape) != 2 or shape[-1] != w_shape[0]:
         raise ValueError(f"linear: x [..., K] and weight [K, N] must share K, got {shape} and {w_shape}")
