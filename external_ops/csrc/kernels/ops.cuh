@@ -777,6 +777,20 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
     if (a.use_top_p) keep = keep && (key > pkey || (key == pkey && tr >= (unsigned int)ptie_removed));
     return keep ? expf(s - smax) : 0.f;
   };
+  // this lane's weight in the 32 tokens from base; tr: tie rank at base, advanced past them
+  auto chunk_weight = [&](int base, unsigned int& tr) -> float {
+    const int i = base + lane;
+    float s = 0.f;
+    unsigned int key = 0;
+    if (i < s1) {
+      s = score(idx(i));
+      key = fkey(s);
+    }
+    const unsigned int tie_mask = a.use_top_p ? __ballot_sync(0xffffffffu, i < s1 && key == pkey) : 0u;
+    const float w = i < s1 ? weight(s, key, tr + __popc(tie_mask & lanes_below)) : 0.f;
+    tr += __popc(tie_mask);
+    return w;
+  };
   unsigned int ties = 0;
   float wsum = 0.f;
   int last = -1;
@@ -793,18 +807,9 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   {
     unsigned int tr = tie_base;
     for (int base = s0; base < s1; base += 32) {
-      const int i = base + lane;
-      float s = 0.f;
-      unsigned int key = 0;
-      if (i < s1) {
-        s = score(idx(i));
-        key = fkey(s);
-      }
-      const unsigned int tie_mask = a.use_top_p ? __ballot_sync(0xffffffffu, i < s1 && key == pkey) : 0u;
-      const float w = i < s1 ? weight(s, key, tr + __popc(tie_mask & lanes_below)) : 0.f;
-      tr += __popc(tie_mask);
+      const float w = chunk_weight(base, tr);
       wsum += w;
-      if (w > 0.f) last = i;
+      if (w > 0.f) last = base + lane;
     }
   }
   wsum = warp_sum(wsum);
@@ -828,20 +833,6 @@ __device__ void cfg_select_impl(const T* cond, const T* uncond, const pmx_i64* a
   }
   const float target = random[b] * total;
   if (wsum > 0.f && wbase <= target && target < wbase + wsum) {  // this warp's segment holds the draw
-    // this lane's weight in the 32 tokens from base; tr: tie rank at base, advanced past them
-    auto chunk_weight = [&](int base, unsigned int& tr) -> float {
-      const int i = base + lane;
-      float s = 0.f;
-      unsigned int key = 0;
-      if (i < s1) {
-        s = score(idx(i));
-        key = fkey(s);
-      }
-      const unsigned int tie_mask = a.use_top_p ? __ballot_sync(0xffffffffu, i < s1 && key == pkey) : 0u;
-      const float w = i < s1 ? weight(s, key, tr + __popc(tie_mask & lanes_below)) : 0.f;
-      tr += __popc(tie_mask);
-      return w;
-    };
     // groups of 32 chunks of 32 tokens: the chunks' totals (lane j holds chunk j's, no dependency between them),
     // a scan over the lanes finds the chunk, a scan inside it the token
     unsigned int tr = tie_base;
