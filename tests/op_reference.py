@@ -36,6 +36,18 @@ def np_conv2d(x, w, b, stride, pad):
     return out.astype(F32)
 
 
+def vq_inputs(rng, n, k, c, ties):
+    """Random latents [n, c] and codebook [k, c]; with ties, duplicated codebook rows (the later copies must lose)
+    and latents sitting exactly on a code."""
+    e = rng.standard_normal((k, c)).astype(F32)
+    z = rng.standard_normal((n, c)).astype(F32)
+    if ties:
+        dup = rng.choice(k // 2, size=k // 8, replace=False)
+        e[k // 2 + np.arange(dup.size)] = e[dup]
+        z[: n // 2] = e[rng.choice(dup, size=n // 2)]
+    return z, e
+
+
 def np_vq_nearest(z, e):
     d = ((z.astype(np.float64)[:, None, :] - e.astype(np.float64)[None]) ** 2).sum(-1)
     return d.argmin(1)  # argmin: first index of the minimum

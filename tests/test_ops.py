@@ -12,7 +12,7 @@ import paddle
 import pytest
 
 import paddlemix.ops as ops
-from op_reference import F32, np_cfg_sample, np_conv2d, np_rms_norm, np_rotary, np_vq_nearest
+from op_reference import F32, np_cfg_sample, np_conv2d, np_rms_norm, np_rotary, np_vq_nearest, vq_inputs
 from paddlemix.ops import fallback
 
 OPS = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear")
@@ -107,30 +107,18 @@ def test_rotary_extension(b, l, hq, hk, d, seed, ext_only):
 
 
 # ----------------------------------------------------------------------------------------------- vq_nearest
-def _vq_inputs(n, k, c, seed, ties):
-    rng = np.random.default_rng(seed)
-    e = rng.standard_normal((k, c)).astype(F32)
-    z = rng.standard_normal((n, c)).astype(F32)
-    if ties:
-        # duplicated codebook rows (the later copies must lose) and latents sitting exactly on a code
-        dup = rng.choice(k // 2, size=k // 8, replace=False)
-        e[k // 2 + np.arange(dup.size)] = e[dup]
-        z[: n // 2] = e[rng.choice(dup, size=n // 2)]
-    return z, e
-
-
 VQ_CASES = [(300, 1000, 4, 0, False), (257, 515, 4, 1, True), (64, 300, 8, 2, True), (1, 33, 3, 3, False)]
 
 
 @pytest.mark.parametrize("n,k,c,seed,ties", VQ_CASES)
 def test_vq_nearest_fallback_matches_numpy(n, k, c, seed, ties):
-    z, e = _vq_inputs(n, k, c, seed, ties)
+    z, e = vq_inputs(np.random.default_rng(seed), n, k, c, ties)
     np.testing.assert_array_equal(fallback.vq_nearest(t(z), t(e)).numpy(), np_vq_nearest(z, e))
 
 
 @pytest.mark.parametrize("n,k,c,seed,ties", VQ_CASES)
 def test_vq_nearest_extension(n, k, c, seed, ties, ext_only):
-    z, e = _vq_inputs(n, k, c, seed, ties)
+    z, e = vq_inputs(np.random.default_rng(seed), n, k, c, ties)
     got = ops.vq_nearest(t(z), t(e))
     assert got.dtype == paddle.int64
     np.testing.assert_array_equal(got.numpy(), np_vq_nearest(z, e))

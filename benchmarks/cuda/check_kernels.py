@@ -19,7 +19,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KERNELS = os.path.join(ROOT, "external_ops", "csrc", "kernels")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from op_reference import F32, np_cfg_sample, np_rms_norm, np_rotary, np_vq_nearest  # noqa: E402
+from op_reference import F32, np_cfg_sample, np_rms_norm, np_rotary, np_vq_nearest, vq_inputs  # noqa: E402
 
 FAILURES = []
 ROWS = []
@@ -204,12 +204,7 @@ def vq_launch(mod, z, e):
 
 def run_vq(mod, bw, rng):
     for n, k, c, ties in ((2000, 32768, 4, False), (1037, 4099, 4, True), (300, 1000, 8, True), (77, 33, 3, False)):
-        e = rng.standard_normal((k, c)).astype(F32)
-        z = rng.standard_normal((n, c)).astype(F32)
-        if ties:
-            dup = rng.choice(k // 2, size=k // 8, replace=False)
-            e[k // 2 + np.arange(dup.size)] = e[dup]
-            z[: n // 2] = e[rng.choice(dup, size=n // 2)]
+        z, e = vq_inputs(rng, n, k, c, ties)
         run, out = vq_launch(mod, cp.asarray(z), cp.asarray(e))
         run()
         ref = np.concatenate([np_vq_nearest(z[i : i + 256], e) for i in range(0, n, 256)])
