@@ -5,6 +5,7 @@
 #include "build_info_op.h"
 #include "cfg_sample_op.h"
 #include "conv2d_op.h"
+#include "decoder_step_op.h"
 #include "linear_op.h"
 #include "rms_norm_op.h"
 #include "rotary_op.h"
@@ -33,6 +34,15 @@ PD_BUILD_OP(pmx_conv2d)
     .SetKernelFn(PD_KERNEL(Conv2dForward))
     .SetInferShapeFn(PD_INFER_SHAPE(Conv2dShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Conv2dDtype));
+
+PD_BUILD_OP(pmx_decoder_step)
+    .Inputs({"X", paddle::Vec("Weights"), "Keys", "Values", "PositionIds", "InvFreq", "Mask"})
+    .Outputs({"Out", "KeysOut", "ValuesOut"})
+    .Attrs({"slot: int64_t", "eps: float"})
+    .SetInplaceMap({{"Keys", "KeysOut"}, {"Values", "ValuesOut"}})
+    .SetKernelFn(PD_KERNEL(DecoderStepForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(DecoderStepShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(DecoderStepDtype));
 
 PD_BUILD_OP(pmx_linear)
     .Inputs({"X", "Weight"})

@@ -19,9 +19,11 @@ from . import fallback
 logger = logging.getLogger(__name__)
 
 # ops whose CPU kernel is used by default (each measured faster than its fallback by benchmarks/bench_ops.py)
-CPU_EXT_OPS = frozenset({"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear"})
+CPU_EXT_OPS = frozenset(
+    {"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step"}
+)
 # ops with only a CPU kernel (no CUDA one): on GPU they always take the fallback
-_CPU_ONLY_OPS = frozenset({"conv2d", "linear"})
+_CPU_ONLY_OPS = frozenset({"conv2d", "linear", "decoder_step"})
 _GPU_DTYPES = (paddle.float32, paddle.bfloat16, paddle.float16)
 
 _EXT = None
@@ -55,7 +57,7 @@ def extension():
 def report():
     """A dict saying, for each op, what runs on CPU and on GPU: 'extension' or 'fallback'."""
     ext = extension()
-    ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear")
+    ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step")
     return {
         "extension": getattr(ext, "__file__", None) if ext is not None else None,
         "cpu": {op: "extension" if ext is not None and op in CPU_EXT_OPS else "fallback" for op in ops},
@@ -80,12 +82,27 @@ def _use_ext(op, tensors, dtypes):
     return False
 
 
-def _tensor_on(x, dtype, place):
-    """x (tensor, array or list) as a tensor of `dtype` on `place`."""
+def _tensor_on(x, dtype, place, shape):
+    """x (tensor, array or list) as a tensor of `dtype` and `shape` on `place` (x itself when it already is one)."""
     if not isinstance(x, paddle.Tensor):
-        return paddle.to_tensor(x, dtype=dtype, place=place)
-    x = x.astype(dtype)
-    return x if x.place._equals(place) else x._copy_to(place, True)
+        return paddle.to_tensor(x, dtype=dtype, place=place).reshape(shape)
+    if x.dtype != dtype:
+        x = x.astype(dtype)
+    if not x.place._equals(place):
+        x = x._copy_to(place, True)
+    return x if x.shape == shape else x.reshape(shape)
+
+
+_CONSTANTS = {}
+
+
+def _constant(data, dtype, place):
+    """`data` (a small nested list) as a cached tensor: the defaults of per-step arguments are built once, not once
+    per step. Callers must not modify the result."""
+    key = (repr(data), dtype, str(place))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = paddle.to_tensor(data, dtype=dtype, place=place)
+    return _CONSTANTS[key]
 
 
 def rms_norm(x, weight, eps):
@@ -166,6 +183,35 @@ def linear(x, weight):
     return _EXT.pmx_linear(x if x.is_contiguous() else x.contiguous(), weight)
 
 
+def decoder_step_available(x):
+    """Whether ``decoder_step`` can run on x (the extension is built and enabled, CPU float32, no gradients).
+
+    There is no fallback function for it: the model's own layer code is the unfused path."""
+    return (
+        extension() is not None
+        and "decoder_step" in CPU_EXT_OPS
+        and x.dtype is paddle.float32
+        and x.place.is_cpu_place()
+        and not paddle.is_grad_enabled()
+    )
+
+
+def decoder_step(x, weights, keys, values, slot, position_ids, inv_freq, mask, eps):
+    """One decode step of a Llama-style decoder layer (silu MLP, rotate-half RoPE, grouped-query attention) as one
+    op: see external_ops/csrc/kernels/decoder_step_cpu.h. Call only where ``decoder_step_available(x)``.
+
+    x [B, 1, hidden]; weights: input_layernorm, q/k/v/o_proj, post_attention_layernorm, gate/up/down_proj weights
+    (projections [in, out]); keys, values [B, kv_heads, capacity, head_dim]: the new key and value are written at
+    ``slot`` in place and attention reads slots 0 .. slot; position_ids [B, 1] int64; inv_freq [head_dim / 2];
+    mask: additive float32 [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]. Returns the layer output [B, 1, hidden].
+    """
+    out = _EXT.pmx_decoder_step(
+        x if x.is_contiguous() else x.contiguous(), weights, keys, values, position_ids, inv_freq,
+        mask if mask.is_contiguous() else mask.contiguous(), int(slot), float(eps),
+    )
+    return out[0]
+
+
 def vq_nearest(latents, codebook):
     z, e = latents.astype("float32"), codebook.astype("float32")
     if _use_ext("vq_nearest", [z, e], [z, e]):
@@ -182,15 +228,21 @@ def cfg_sample(cond_logits, uncond_logits, guidance_scale, allowed, top_k, top_p
         )
     batch, vocab = cond_logits.shape
     place = cond_logits.place
-    allowed = _tensor_on(allowed if allowed is not None else [[0, vocab]] * batch, "int64", place).reshape([batch, 2])
-    uniforms = _tensor_on(random if random is not None else [0.0] * batch, "float32", place)
+    if allowed is None:
+        allowed = _constant([[0, vocab]] * batch, paddle.int64, place)
+    else:
+        allowed = _tensor_on(allowed, paddle.int64, place, [batch, 2])
+    if random is None:
+        uniforms = _constant([0.0] * batch, paddle.float32, place)
+    else:
+        uniforms = _tensor_on(random, paddle.float32, place, [batch])
     use_top_p = top_p is not None and top_p < 1.0
     use_temperature = random is not None and temperature is not None and temperature != 1.0
     return _EXT.pmx_cfg_sample(
         cond_logits,
         uncond_logits if guide else cond_logits,
         allowed,
-        uniforms.reshape([batch]),
+        uniforms,
         guide,
         float(guidance_scale) if guide else 1.0,
         random is None,
