@@ -95,3 +95,39 @@ def np_cfg_sample(cond, uncond, scale, allowed, top_k, top_p, temperature, rando
         idx = int((cdf <= F32(random[b]) * cdf[-1]).sum())
         out.append(min(idx, int(np.flatnonzero(p > 0)[-1])))
     return np.array(out, np.int64)
+
+
+def np_decoder_step(x, weights, keys, values, slot, pos, inv_freq, mask, eps):
+    """One decode step of a Llama decoder layer in float64: x [B, H]; weights as ops.decoder_step (projections
+    [in, out]); keys, values [B, Hk, S, D] (copied, the new key/value written at slot); pos [B]; mask additive
+    [B, 1 or Hk, 1 or g, S] over all S slots. Returns (y [B, H], keys, values)."""
+    ln1, wq, wk, wv, wo, ln2, wg, wu, wd = (w.astype(np.float64) for w in weights)
+    bsz, kv_heads, _, dim = keys.shape
+    heads = wq.shape[1] // dim
+    group = heads // kv_heads
+    x64 = x.astype(np.float64)
+
+    def norm(h, w):
+        return w * h / np.sqrt((h * h).mean(-1, keepdims=True) + eps)
+
+    xn = norm(x64, ln1)
+    q = (xn @ wq).reshape(bsz, 1, heads, dim)
+    k = (xn @ wk).reshape(bsz, 1, kv_heads, dim)
+    v = (xn @ wv).reshape(bsz, kv_heads, dim)
+    q = np_rotary(q, pos[:, None], inv_freq).astype(np.float64)[:, 0]
+    k = np_rotary(k, pos[:, None], inv_freq).astype(np.float64)[:, 0]
+    keys, values = keys.astype(np.float64), values.astype(np.float64)
+    keys[:, :, slot], values[:, :, slot] = k, v
+    full_mask = np.broadcast_to(mask.astype(np.float64), (bsz, kv_heads, group, keys.shape[2]))
+    out = np.empty((bsz, heads, dim))
+    for b in range(bsz):
+        for h in range(heads):
+            j = h // group
+            s = keys[b, j] @ q[b, h] / np.sqrt(dim) + full_mask[b, j, h % group]
+            p = np.exp(s - s.max())
+            out[b, h] = (p / p.sum()) @ values[b, j]
+    h1 = x64 + out.reshape(bsz, heads * dim) @ wo
+    hn = norm(h1, ln2)
+    gate = hn @ wg
+    y = h1 + (gate / (1 + np.exp(-gate)) * (hn @ wu)) @ wd
+    return y.astype(F32), keys.astype(F32), values.astype(F32)

@@ -12,7 +12,9 @@ import paddle
 import pytest
 
 import paddlemix.ops as ops
-from op_reference import F32, np_cfg_sample, np_conv2d, np_rms_norm, np_rotary, np_vq_nearest, vq_inputs
+from op_reference import (
+    F32, np_cfg_sample, np_conv2d, np_decoder_step, np_rms_norm, np_rotary, np_vq_nearest, vq_inputs
+)
 from paddlemix.ops import fallback
 
 OPS = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear")
@@ -41,7 +43,7 @@ def ext_only(monkeypatch):
 
     for name in OPS:
         monkeypatch.setattr(fallback, name, refuse)
-    monkeypatch.setattr(ops, "CPU_EXT_OPS", frozenset(OPS))
+    monkeypatch.setattr(ops, "CPU_EXT_OPS", frozenset(OPS) | {"decoder_step"})
 
 
 def t(a):
@@ -360,6 +362,120 @@ def test_linear_many_rows_or_small_weight_take_matmul(rows_over, weights_under, 
 def test_linear_rejects_mismatched_shapes(x_shape, w_shape):
     with pytest.raises(ValueError, match="linear"):
         ops.linear(paddle.zeros(x_shape), paddle.zeros(w_shape))
+
+
+# ----------------------------------------------------------------------------------------------- decoder_step
+# (B, hidden, heads, kv_heads, head_dim, intermediate, capacity, slot, mask kind, seed): head sizes that take the
+# vector paths (multiples of 8 and 16) and ones that do not, one and several KV heads per group, a first slot, a slot
+# inside a longer cache (the slots after it unfilled) and the last slot, weights above the size where the threads
+# split the rows, and every mask layout ([B, 1, 1, S], [B, Hk, g, S], with padded slots hidden)
+STEP_CASES = [
+    (1, 64, 4, 2, 16, 96, 40, 0, "broadcast", 0),
+    (2, 64, 8, 2, 8, 160, 37, 20, "full", 1),
+    (3, 36, 6, 3, 6, 50, 11, 10, "padded", 2),
+    (2, 256, 8, 8, 32, 704, 300, 257, "padded", 3),
+    (1, 40, 4, 4, 10, 72, 9, 5, "full", 4),
+]
+
+
+def _step_inputs(b, hidden, heads, kv_heads, dim, inter, cap, slot, mask_kind, seed):
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(F32)
+
+    weights = [
+        (1 + 0.1 * rng.standard_normal(hidden)).astype(F32), w(hidden, heads * dim), w(hidden, kv_heads * dim),
+        w(hidden, kv_heads * dim), w(heads * dim, hidden), (1 + 0.1 * rng.standard_normal(hidden)).astype(F32),
+        w(hidden, inter), w(hidden, inter), w(inter, hidden),
+    ]
+    x = rng.standard_normal((b, hidden)).astype(F32)
+    keys = rng.standard_normal((b, kv_heads, cap, dim)).astype(F32)
+    values = rng.standard_normal((b, kv_heads, cap, dim)).astype(F32)
+    pos = rng.integers(0, 4 * cap, b).astype(np.int64)
+    inv_freq = (1.0 / 10000 ** (np.arange(0, dim, 2) / dim)).astype(F32)
+    low = np.finfo(F32).min
+    visible = np.arange(cap)[None] <= slot  # slots after the new token's are unfilled
+    if mask_kind == "padded":  # row r has its first r slots padded
+        visible = visible & (np.arange(cap)[None] >= np.arange(b)[:, None])
+        visible[:, slot] = True
+    mask = np.where(np.broadcast_to(visible, (b, cap)), 0.0, low).astype(F32)[:, None, None]
+    if mask_kind == "full":
+        mask = np.ascontiguousarray(np.broadcast_to(mask, (b, kv_heads, heads // kv_heads, cap)))
+    return x, weights, keys, values, slot, pos, inv_freq, mask
+
+
+@pytest.mark.parametrize("case", STEP_CASES)
+def test_decoder_step_extension(case, ext_only):
+    x, weights, keys, values, slot, pos, inv_freq, mask = _step_inputs(*case)
+    want_y, want_keys, want_values = np_decoder_step(x, weights, keys, values, slot, pos, inv_freq, mask, 1e-6)
+    keys_t, values_t = t(keys), t(values)
+    with paddle.no_grad():
+        assert ops.decoder_step_available(t(x))
+        y = ops.decoder_step(t(x[:, None]), [t(w) for w in weights], keys_t, values_t, slot, t(pos[:, None]),
+                             t(inv_freq), t(mask), 1e-6)
+    assert y.shape == [x.shape[0], 1, x.shape[1]]
+    np.testing.assert_allclose(y.numpy()[:, 0], want_y, rtol=1e-4, atol=1e-4)
+    # the cache holds the new key/value at slot (in place, in the tensors passed) and nothing else changed
+    np.testing.assert_allclose(keys_t.numpy()[:, :, slot], want_keys[:, :, slot], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(values_t.numpy()[:, :, slot], want_values[:, :, slot], rtol=1e-4, atol=1e-4)
+    untouched = np.arange(keys.shape[2]) != slot
+    np.testing.assert_array_equal(keys_t.numpy()[:, :, untouched], keys[:, :, untouched])
+    np.testing.assert_array_equal(values_t.numpy()[:, :, untouched], values[:, :, untouched])
+
+
+def test_decoder_step_in_the_model_equals_the_unfused_layers(fixtures_dir, monkeypatch):
+    """Cached one-token forwards of the fixture LM (padded rows) run the fused op in every layer and give the
+    logits and cache of the unfused layer code."""
+    from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
+
+    require_extension()
+    model = Emu3ForCausalLM.from_pretrained(str(fixtures_dir / "llm"))
+    ref = np.load(sorted((fixtures_dir / "refs").glob("llm_forward_*.npz"))[0])
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+    split = ids.shape[1] - 3
+    calls = []
+    fused_step = ops.decoder_step
+    monkeypatch.setattr(ops, "decoder_step", lambda *a: calls.append(1) or fused_step(*a))
+
+    def decode(fused):
+        monkeypatch.setattr(ops, "decoder_step_available", lambda x: fused)
+        with paddle.no_grad():
+            out = model(ids[:, :split], attention_mask=mask[:, :split], use_cache=True)
+            cache, logits = out.past_key_values, []
+            for i in range(split, ids.shape[1]):
+                out = model(ids[:, i:i + 1], attention_mask=mask[:, :i + 1], past_key_values=cache, use_cache=True)
+                logits.append(out.logits.numpy())
+        return np.concatenate(logits, axis=1), cache
+
+    got, got_cache = decode(True)
+    assert len(calls) == 3 * model.config.num_hidden_layers
+    want, want_cache = decode(False)
+    assert len(calls) == 3 * model.config.num_hidden_layers
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    for a, b in zip(got_cache.keys + got_cache.values, want_cache.keys + want_cache.values):
+        np.testing.assert_allclose(a.numpy()[:, :, :ids.shape[1]], b.numpy()[:, :, :ids.shape[1]], atol=1e-5)
+
+
+def test_decoder_step_rejects_bad_arguments(ext_only):
+    x, weights, keys, values, slot, pos, inv_freq, mask = _step_inputs(*STEP_CASES[1])
+    args = [t(x[:, None]), [t(w) for w in weights], t(keys), t(values), slot, t(pos[:, None]), t(inv_freq)]
+    with paddle.no_grad():
+        with pytest.raises(Exception, match="mask must be"):
+            ops.decoder_step(*args, t(mask[:, :, :, :-1]), 1e-6)
+        with pytest.raises(Exception, match="outside the cache"):
+            ops.decoder_step(*args[:4], keys.shape[2], *args[5:], t(mask), 1e-6)
+        with pytest.raises(Exception, match="down_proj"):
+            bad = [t(w) for w in weights[:8]] + [t(weights[8][:-1])]
+            ops.decoder_step(args[0], bad, *args[2:], t(mask), 1e-6)
+
+
+def test_decoder_step_not_available_with_gradients_or_disabled(monkeypatch):
+    x = paddle.zeros([1, 1, 8])
+    assert not ops.decoder_step_available(x)  # gradients are recorded outside no_grad
+    monkeypatch.setattr(ops, "CPU_EXT_OPS", ops.CPU_EXT_OPS - {"decoder_step"})
+    with paddle.no_grad():
+        assert not ops.decoder_step_available(x)
 
 
 # ----------------------------------------------------------------------------------------------- dispatch
