@@ -250,7 +250,7 @@ def test_long_prefill_in_query_blocks_equals_one_block(model, fixtures_dir, monk
     _, ref = [c for c in forward_cases(fixtures_dir) if "position_ids_generate" in c[1].files][0]
     ids, mask = ref["input_ids"], ref["attention_mask"]
     whole = model(ids, attention_mask=mask).logits.numpy()
-    monkeypatch.setattr(modeling, "QUERY_CHUNK", 7)
+    monkeypatch.setattr(modeling, "QUERY_BLOCK", 7)
     blocks = model(ids, attention_mask=mask).logits.numpy()
     unmasked = model(ids[:1]).logits.numpy()
     monkeypatch.undo()

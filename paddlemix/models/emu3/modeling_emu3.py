@@ -23,7 +23,10 @@ logger = logging.getLogger(__name__)
 
 _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 _LOGGED_BACKENDS = set()
-QUERY_CHUNK = 1024  # queries per block of the matmul attention in long prefills
+# queries per block of the matmul attention: block i attends only to the key slots up to its last query (the later
+# ones are hidden by the causal mask), so a long prefill computes about half of the scores, and the scores never
+# exceed [B, H, QUERY_BLOCK, S]
+QUERY_BLOCK = 256
 
 
 def attention_backend(dtype, needs_cache_or_mask):
@@ -205,7 +208,8 @@ class Emu3Attention(nn.Layer):
         self.o_proj = Emu3Linear(self.num_heads * self.head_dim, config.hidden_size)
 
     def forward(self, hidden_states, position_ids, inv_freq, attn_mask, cache):
-        """attn_mask: None (plain causal, no earlier or unfilled cache slots) or an additive mask over the key slots."""
+        """attn_mask: an additive mask over the key slots ([B, 1, L, S], or for one query [B, Hk, g, S]), or None:
+        plain causal attention over the filled slots (no unfilled cache slots)."""
         bsz, q_len = hidden_states.shape[0], hidden_states.shape[1]
         q = self.q_proj(hidden_states).reshape([bsz, q_len, self.num_heads, self.head_dim])
         k = self.k_proj(hidden_states).reshape([bsz, q_len, self.num_kv_heads, self.head_dim])
@@ -222,18 +226,19 @@ class Emu3Attention(nn.Layer):
                 keys, values = cache.update(self.layer_idx, k, v)
             else:
                 keys, values = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
-            if attn_mask is None and q_len > 1:
+            if attn_mask is None and q_len > 1:  # a layer called on its own (Emu3Model passes the mask it built)
                 attn_mask = additive_mask(paddle.ones([1, keys.shape[2]], "int64"), q_len, past, q.dtype)
-            if q_len <= QUERY_CHUNK:
-                out = grouped_attention(q, keys, values, attn_mask)
-            else:  # long prefills in query blocks: the scores never exceed [B, H, QUERY_CHUNK, S]
-                out = paddle.concat(
-                    [
-                        grouped_attention(q[:, i: i + QUERY_CHUNK], keys, values, attn_mask[:, :, i: i + QUERY_CHUNK])
-                        for i in range(0, q_len, QUERY_CHUNK)
-                    ],
-                    axis=1,
-                )
+            blocks = []
+            for i in range(0, q_len, QUERY_BLOCK):
+                end = past + min(i + QUERY_BLOCK, q_len)  # slots after the block's last query are masked for it
+                mask = attn_mask
+                if mask is not None and (end < mask.shape[3] or q_len > QUERY_BLOCK):
+                    mask = mask[:, :, i: i + QUERY_BLOCK, :end] if q_len > 1 else mask[:, :, :, :end]
+                if end < keys.shape[2]:
+                    blocks.append(grouped_attention(q[:, i: i + QUERY_BLOCK], keys[:, :, :end], values[:, :, :end], mask))
+                else:
+                    blocks.append(grouped_attention(q[:, i: i + QUERY_BLOCK], keys, values, mask))
+            out = blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=1)
         return self.o_proj(out.reshape([bsz, q_len, self.num_heads * self.head_dim]))
 
 
@@ -297,6 +302,10 @@ class Emu3Model(nn.Layer):
         past = cache.length if cache is not None else 0
         inv_freq = self.inv_freq(past + input_ids.shape[1])
         hidden = self.embed_tokens(input_ids)
+        q_len = input_ids.shape[1]
+        if attn_mask is None and q_len > 1 and attention_backend(hidden.dtype, past > 0) == "math":
+            slots = cache.capacity if cache is not None else q_len  # the causal mask, built once for all layers
+            attn_mask = additive_mask(paddle.ones([1, slots], "int64"), q_len, past, hidden.dtype)
         fused = (
             input_ids.shape[1] == 1
             and cache is not None
@@ -413,8 +422,6 @@ class Emu3ForCausalLM(PretrainedModel):
                 attn_mask = additive_mask(key_mask, q_len, past, self.dtype)
         elif not bool(key_mask.astype("bool").all()):
             attn_mask = additive_mask(key_mask, q_len, 0, self.dtype)
-        elif q_len > 1 and attention_backend(self.dtype, False) == "math":
-            attn_mask = additive_mask(key_mask[:1], q_len, 0, self.dtype)  # the causal mask, once for all layers
         hidden, all_hidden = self.model(input_ids, position_ids, attn_mask, cache, output_hidden_states)
         logits = to_float32(self.lm_head(hidden))
         return Emu3CausalLMOutput(
