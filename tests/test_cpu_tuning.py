@@ -1,4 +1,5 @@
-"""MKL_DEBUG_CPU_TYPE is set on AMD processors only, and never over the user's own value."""
+"""MKL_DEBUG_CPU_TYPE is set on AMD processors only, and never over the user's own value; glibc malloc keeps
+freed memory unless the user tunes malloc."""
 
 from paddlemix import _cpu_tuning
 
@@ -25,3 +26,46 @@ def test_reads_the_vendor_of_this_machine():
     with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
         expected = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), None)
     assert vendor == expected
+
+
+class FakeLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return 1
+
+
+def test_keep_freed_memory_raises_both_thresholds(monkeypatch):
+    for var in ("PADDLEMIX_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(_cpu_tuning, "_TUNED_LIBC", None)
+    libc = FakeLibc()
+    assert _cpu_tuning.keep_freed_memory(libc) is True
+    assert sorted(libc.calls) == [(-3, 1 << 30), (-1, 1 << 30)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    # this machine's glibc accepts the values (mallopt returns 1 for each)
+    assert _cpu_tuning.keep_freed_memory() is (_cpu_tuning._glibc() is not None)
+
+
+def test_keep_freed_memory_leaves_a_users_malloc_settings(monkeypatch):
+    for var, value in (("PADDLEMIX_MALLOC_TUNING", "0"), ("MALLOC_MMAP_THRESHOLD_", "65536"),
+                       ("MALLOC_TRIM_THRESHOLD_", "0"), ("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")):
+        with monkeypatch.context() as m:
+            m.setenv(var, value)
+            libc = FakeLibc()
+            assert _cpu_tuning.keep_freed_memory(libc) is False
+            assert libc.calls == []
+
+
+def test_checkpoint_loading_returns_freed_memory(monkeypatch):
+    """While a block runs under returning_freed_memory, glibc's default thresholds apply; afterwards the raised ones."""
+    for var in ("PADDLEMIX_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(var, raising=False)
+    libc = FakeLibc()
+    monkeypatch.setattr(_cpu_tuning, "_TUNED_LIBC", None)
+    assert _cpu_tuning.keep_freed_memory(libc) is True
+    with _cpu_tuning.returning_freed_memory():
+        inside = list(libc.calls[2:])
+    assert sorted(inside) == [(-3, 128 * 1024), (-1, 128 * 1024)]
+    assert sorted(libc.calls[4:]) == [(-3, 1 << 30), (-1, 1 << 30)]

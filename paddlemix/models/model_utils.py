@@ -21,6 +21,7 @@ import paddle
 from paddle import nn
 
 from .configuration_utils import CONFIG_NAME, PretrainedConfig, resolve_model_dir
+from .._cpu_tuning import returning_freed_memory
 from .safetensors_io import CheckpointError, SafetensorsFile, bf16_to_f32, f32_to_bf16, save_file
 
 logger = logging.getLogger(__name__)
@@ -175,7 +176,8 @@ class PretrainedModel(nn.Layer):
                 model = cls(config)
         finally:
             paddle.set_default_dtype(old)
-        model._load_checkpoint(files, target)
+        with returning_freed_memory():
+            model._load_checkpoint(files, target)
         model.eval()
         logger.info("loaded %s from %s (%s)", cls.__name__, folder, target)
         return model
