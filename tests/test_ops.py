@@ -270,6 +270,41 @@ def test_conv2d_extension(n, c, cout, h, w, kh, kw, stride, padding, seed, ext_o
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
 
 
+# (N, C, Cout, H, W, kh, kw, stride, padding, upsample, seed): the VQ decoder's upsampling conv (2x, 3x3 "same"),
+# an odd-sized input, a factor of 3 with stride and uneven padding, and a 1x1 kernel (no direct GEMM when upsampling)
+UPSAMPLE_CASES = [
+    (1, 5, 7, 8, 9, 3, 3, 1, 1, 2, 0),
+    (2, 3, 4, 7, 5, 3, 2, (2, 1), (0, 2, 1, 1), 3, 1),
+    (1, 6, 3, 4, 6, 1, 1, 1, 0, 2, 2),
+]
+
+
+def _np_upsample(x, factor):
+    return np.repeat(np.repeat(x, factor, axis=2), factor, axis=3)
+
+
+@pytest.mark.parametrize("n,c,cout,h,w,kh,kw,stride,padding,up,seed", UPSAMPLE_CASES)
+def test_conv2d_upsample_fallback_matches_numpy(n, c, cout, h, w, kh, kw, stride, padding, up, seed):
+    x, weight, bias = _conv_inputs(n, c, cout, h, w, kh, kw, seed)
+    args = _conv_args(stride, padding)
+    expected = np_conv2d(_np_upsample(x, up), weight, bias, *args)
+    got = fallback.conv2d(t(x), t(weight), t(bias), *args, up).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,c,cout,h,w,kh,kw,stride,padding,up,seed", UPSAMPLE_CASES)
+def test_conv2d_upsample_extension(n, c, cout, h, w, kh, kw, stride, padding, up, seed, ext_only):
+    x, weight, bias = _conv_inputs(n, c, cout, h, w, kh, kw, seed)
+    args = _conv_args(stride, padding)
+    with paddle.no_grad():
+        got = ops.conv2d(t(x), t(weight), t(bias), stride, padding, upsample=up).numpy()
+    expected = np_conv2d(_np_upsample(x, up), weight, bias, *args)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, _fallback_of("conv2d")(t(x), t(weight), t(bias), *args, up).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_conv2d_non_contiguous_input(ext_only):
     x, weight, bias = _conv_inputs(2, 6, 4, 9, 11, 3, 3, 8)
     xt = t(x.transpose(0, 1, 3, 2).copy()).transpose([0, 1, 3, 2])  # a transposed view when Paddle makes one
@@ -278,11 +313,12 @@ def test_conv2d_non_contiguous_input(ext_only):
     np.testing.assert_allclose(got, np_conv2d(x, weight, bias, (1, 1), (1, 1, 1, 1)), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("stride,padding", [(0, 1), (1, -1), (1, (1, 2, 3)), ((1, 2, 3), 0)])
-def test_conv2d_rejects_bad_arguments(stride, padding):
+@pytest.mark.parametrize("stride,padding,up", [(0, 1, 1), (1, -1, 1), (1, (1, 2, 3), 1), ((1, 2, 3), 0, 1),
+                                               (1, 1, 0), (1, 1, 1.5)])
+def test_conv2d_rejects_bad_arguments(stride, padding, up):
     x, weight, bias = _conv_inputs(1, 2, 3, 5, 5, 3, 3, 9)
     with pytest.raises(ValueError, match="conv2d"):
-        ops.conv2d(t(x), t(weight), t(bias), stride, padding)
+        ops.conv2d(t(x), t(weight), t(bias), stride, padding, upsample=up)
 
 
 # ----------------------------------------------------------------------------------------------- linear

@@ -30,7 +30,7 @@ PD_BUILD_OP(pmx_cfg_sample)
 PD_BUILD_OP(pmx_conv2d)
     .Inputs({"X", "Weight", "Bias"})
     .Outputs({"Out"})
-    .Attrs({"sh: int64_t", "sw: int64_t", "pt: int64_t", "pb: int64_t", "pl: int64_t", "pr: int64_t"})
+    .Attrs({"sh: int64_t", "sw: int64_t", "pt: int64_t", "pb: int64_t", "pl: int64_t", "pr: int64_t", "up: int64_t"})
     .SetKernelFn(PD_KERNEL(Conv2dForward))
     .SetInferShapeFn(PD_INFER_SHAPE(Conv2dShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Conv2dDtype));

@@ -126,23 +126,27 @@ def _pair(v, name):
     return pair
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
+def conv2d(x, weight, bias=None, stride=1, padding=0, upsample=1):
     """2-D convolution, no groups or dilation. stride: int or (sh, sw); padding (zeros): int, (ph, pw) or
-    (top, bottom, left, right). On CPU float32 the extension builds the im2col columns band by band in a small
-    workspace and multiplies them with Paddle's matmul; the fallback is ``F.conv2d``."""
+    (top, bottom, left, right); upsample: an integer factor: the convolution of ``F.interpolate(x,
+    scale_factor=upsample, mode="nearest")``. On CPU float32 the extension builds the im2col columns band by band in
+    a small workspace (reading x through the upsampling, which is never materialised) and multiplies them with
+    Paddle's matmul; the fallback is ``F.interpolate`` and ``F.conv2d``."""
     stride = _pair(stride, "stride")
     pad = (padding,) * 4 if isinstance(padding, int) else tuple(int(p) for p in padding)
     if len(pad) == 2:
         pad = (pad[0], pad[0], pad[1], pad[1])
     if len(pad) != 4 or min(pad) < 0 or min(stride) < 1:
         raise ValueError(f"conv2d: stride must be positive and padding non-negative, got {stride}, {padding!r}")
+    if not isinstance(upsample, int) or isinstance(upsample, bool) or upsample < 1:
+        raise ValueError(f"conv2d: upsample must be a positive integer factor, got {upsample!r}")
     tensors = [x, weight] if bias is None else [x, weight, bias]
     if not (x.ndim == 4 and _use_ext("conv2d", tensors, tensors)):
-        return fallback.conv2d(x, weight, bias, stride, pad)
+        return fallback.conv2d(x, weight, bias, stride, pad, upsample)
     if bias is None:
         bias = paddle.zeros([weight.shape[0]], dtype="float32")
     x = x if x.is_contiguous() else x.contiguous()
-    return _EXT.pmx_conv2d(x, weight, bias, *stride, *pad)
+    return _EXT.pmx_conv2d(x, weight, bias, *stride, *pad, upsample)
 
 
 # ops.linear uses the extension's kernel (a GEMV-shaped product that streams the weight once) for at most

@@ -35,9 +35,12 @@ def rotary_embedding(q, k, position_ids, inv_freq):
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
-def conv2d(x, weight, bias, stride, padding):
-    """2-D convolution of x [N, C, H, W] with weight [Cout, C, kh, kw] (+ bias [Cout] unless None), no groups or
-    dilation; stride (sh, sw) and zero padding (top, bottom, left, right), as ``F.conv2d``."""
+def conv2d(x, weight, bias, stride, padding, upsample=1):
+    """2-D convolution of x [N, C, H, W] (first upsampled by nearest neighbour by the integer factor `upsample`) with
+    weight [Cout, C, kh, kw] (+ bias [Cout] unless None), no groups or dilation; stride (sh, sw) and zero padding
+    (top, bottom, left, right), as ``F.conv2d``."""
+    if upsample != 1:
+        x = F.interpolate(x, scale_factor=float(upsample), mode="nearest")
     return F.conv2d(x, weight, bias, stride=list(stride), padding=list(padding))
 
 

@@ -66,8 +66,10 @@ class Emu3VisionVQConv2d(nn.Conv2D):
     """``nn.Conv2D`` (same parameters and checkpoint keys) computed by ``paddlemix.ops.conv2d``: the fused CPU kernel
     when the extension is built, ``F.conv2d`` otherwise. Zero padding, no groups or dilation."""
 
-    def forward(self, x):
-        return conv2d(x, self.weight, self.bias, self._stride, self._padding)
+    def forward(self, x, upsample=1):
+        """upsample: convolve the nearest-neighbour upsampling of x by this integer factor (never materialised by
+        the CPU kernel)."""
+        return conv2d(x, self.weight, self.bias, self._stride, self._padding, upsample)
 
 
 def _conv2d(cin, cout, kernel_size):
@@ -245,14 +247,14 @@ class Emu3VisionVQDownsample(nn.Layer):
 
 
 class Emu3VisionVQUpsample(nn.Layer):
-    """Nearest 2x upsampling, then a 3x3 conv."""
+    """Nearest 2x upsampling, then a 3x3 conv (one op: the conv reads its input through the upsampling)."""
 
     def __init__(self, channels):
         super().__init__()
         self.conv = _conv2d(channels, channels, 3)
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(x, upsample=2)
 
 
 class Emu3VisionVQLevel(nn.Layer):
