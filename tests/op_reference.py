@@ -131,3 +131,20 @@ def np_decoder_step(x, weights, keys, values, slot, pos, inv_freq, mask, eps):
     gate = hn @ wg
     y = h1 + (gate / (1 + np.exp(-gate)) * (hn @ wu)) @ wd
     return y.astype(F32), keys.astype(F32), values.astype(F32)
+
+
+def np_group_norm(x, weight, bias, groups, eps, scale=None, shift=None, silu=False):
+    """GroupNorm of x [N, C, H, W] in float64; scale/shift [N, C, hs, ws] resized by F.interpolate's nearest rule
+    (source index int(i * (in / out)) in float32); then SiLU."""
+    n, c, h, w = x.shape
+    xg = x.astype(np.float64).reshape(n, groups, -1)
+    y = (xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + eps)
+    y = y.reshape(n, c, h, w) * weight[:, None, None] + bias[:, None, None]
+    if scale is not None:
+        hs, ws = scale.shape[2:]
+        sy = np.minimum((np.arange(h, dtype=F32) * F32(hs / h)).astype(np.int64), hs - 1)
+        sx = np.minimum((np.arange(w, dtype=F32) * F32(ws / w)).astype(np.int64), ws - 1)
+        y = y * scale[:, :, sy][:, :, :, sx] + shift[:, :, sy][:, :, :, sx]
+    if silu:
+        y = y / (1 + np.exp(-y))
+    return y.astype(F32)

@@ -13,11 +13,11 @@ import pytest
 
 import paddlemix.ops as ops
 from op_reference import (
-    F32, np_cfg_sample, np_conv2d, np_decoder_step, np_rms_norm, np_rotary, np_vq_nearest, vq_inputs
+    F32, np_cfg_sample, np_conv2d, np_decoder_step, np_group_norm, np_rms_norm, np_rotary, np_vq_nearest, vq_inputs
 )
 from paddlemix.ops import fallback
 
-OPS = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear")
+OPS = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "group_norm")
 ORIGINAL_FALLBACK = {name: getattr(fallback, name) for name in OPS}
 
 
@@ -319,6 +319,68 @@ def test_conv2d_rejects_bad_arguments(stride, padding, up):
     x, weight, bias = _conv_inputs(1, 2, 3, 5, 5, 3, 3, 9)
     with pytest.raises(ValueError, match="conv2d"):
         ops.conv2d(t(x), t(weight), t(bias), stride, padding, upsample=up)
+
+
+# ----------------------------------------------------------------------------------------------- group_norm
+# (N, C, H, W, groups, modulation size or None, silu, offset, seed): the encoder's GroupNorm + SiLU, the decoder's
+# SpatialNorm at the latent's size and upsampled 2x / 4x, a resize that is not an integer factor, one channel per
+# group, inputs far from zero mean (the variance must not cancel), and a map large enough for the threads
+GN_CASES = [
+    (1, 64, 9, 7, 32, None, True, 0.0, 0),
+    (2, 32, 8, 8, 32, (8, 8), True, 0.0, 1),
+    (1, 64, 16, 12, 32, (4, 3), False, 0.0, 2),
+    (2, 12, 10, 7, 4, (3, 5), True, 0.0, 3),
+    (1, 8, 5, 6, 8, None, False, 50.0, 4),
+    (1, 64, 96, 80, 32, (24, 20), True, 3.0, 5),
+]
+
+
+def _gn_inputs(n, c, h, w, groups, mod, silu, offset, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c, h, w)) + offset).astype(F32)
+    weight, bias = (1 + 0.2 * rng.standard_normal(c)).astype(F32), (0.2 * rng.standard_normal(c)).astype(F32)
+    scale = shift = None
+    if mod is not None:
+        scale = rng.standard_normal((n, c, *mod)).astype(F32)
+        shift = rng.standard_normal((n, c, *mod)).astype(F32)
+    return x, weight, bias, scale, shift
+
+
+def _opt(a):
+    return None if a is None else t(a)
+
+
+@pytest.mark.parametrize("case", GN_CASES)
+def test_group_norm_fallback_matches_numpy(case):
+    x, weight, bias, scale, shift = _gn_inputs(*case)
+    groups, silu = case[4], case[6]
+    got = fallback.group_norm(t(x), t(weight), t(bias), groups, 1e-6, _opt(scale), _opt(shift), silu).numpy()
+    # Paddle's CPU group_norm takes the variance as E[x^2] - E[x]^2 in float32: it loses about
+    # eps_f32 * mean^2 / var far from zero mean (the extension's two-pass statistics do not)
+    tol = 1e-4 + 2e-7 * case[7] ** 2
+    np.testing.assert_allclose(got, np_group_norm(x, weight, bias, groups, 1e-6, scale, shift, silu),
+                               rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", GN_CASES)
+def test_group_norm_extension(case, ext_only):
+    x, weight, bias, scale, shift = _gn_inputs(*case)
+    groups, silu = case[4], case[6]
+    with paddle.no_grad():
+        got = ops.group_norm(t(x), t(weight), t(bias), groups, 1e-6, _opt(scale), _opt(shift), silu).numpy()
+    np.testing.assert_allclose(got, np_group_norm(x, weight, bias, groups, 1e-6, scale, shift, silu),
+                               rtol=1e-5, atol=2e-5)
+
+
+def test_group_norm_rejects_bad_arguments(ext_only):
+    x, weight, bias, scale, shift = _gn_inputs(*GN_CASES[1])
+    with paddle.no_grad():
+        with pytest.raises(ValueError, match="together"):
+            ops.group_norm(t(x), t(weight), t(bias), 32, 1e-6, t(scale), None)
+        with pytest.raises(Exception, match="split into the groups"):
+            ops.group_norm(t(x), t(weight), t(bias), 5, 1e-6)
+        with pytest.raises(Exception, match="scale and shift must be"):
+            ops.group_norm(t(x), t(weight), t(bias), 32, 1e-6, t(scale[:, :4]), t(shift[:, :4]))
 
 
 # ----------------------------------------------------------------------------------------------- linear

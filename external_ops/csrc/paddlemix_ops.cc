@@ -6,6 +6,7 @@
 #include "cfg_sample_op.h"
 #include "conv2d_op.h"
 #include "decoder_step_op.h"
+#include "group_norm_op.h"
 #include "linear_op.h"
 #include "rms_norm_op.h"
 #include "rotary_op.h"
@@ -43,6 +44,14 @@ PD_BUILD_OP(pmx_decoder_step)
     .SetKernelFn(PD_KERNEL(DecoderStepForward))
     .SetInferShapeFn(PD_INFER_SHAPE(DecoderStepShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(DecoderStepDtype));
+
+PD_BUILD_OP(pmx_group_norm)
+    .Inputs({"X", "Weight", "Bias", paddle::Optional("Scale"), paddle::Optional("Shift")})
+    .Outputs({"Out"})
+    .Attrs({"groups: int64_t", "eps: float", "silu: bool"})
+    .SetKernelFn(PD_KERNEL(GroupNormForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(GroupNormShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(GroupNormDtype));
 
 PD_BUILD_OP(pmx_linear)
     .Inputs({"X", "Weight"})

@@ -20,10 +20,10 @@ logger = logging.getLogger(__name__)
 
 # ops whose CPU kernel is used by default (each measured faster than its fallback by benchmarks/bench_ops.py)
 CPU_EXT_OPS = frozenset(
-    {"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step"}
+    {"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step", "group_norm"}
 )
 # ops with only a CPU kernel (no CUDA one): on GPU they always take the fallback
-_CPU_ONLY_OPS = frozenset({"conv2d", "linear", "decoder_step"})
+_CPU_ONLY_OPS = frozenset({"conv2d", "linear", "decoder_step", "group_norm"})
 _GPU_DTYPES = (paddle.float32, paddle.bfloat16, paddle.float16)
 
 _EXT = None
@@ -57,7 +57,8 @@ def extension():
 def report():
     """A dict saying, for each op, what runs on CPU and on GPU: 'extension' or 'fallback'."""
     ext = extension()
-    ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step")
+    ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step",
+           "group_norm")
     return {
         "extension": getattr(ext, "__file__", None) if ext is not None else None,
         "cpu": {op: "extension" if ext is not None and op in CPU_EXT_OPS else "fallback" for op in ops},
@@ -147,6 +148,23 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, upsample=1):
         bias = paddle.zeros([weight.shape[0]], dtype="float32")
     x = x if x.is_contiguous() else x.contiguous()
     return _EXT.pmx_conv2d(x, weight, bias, *stride, *pad, upsample)
+
+
+def group_norm(x, weight, bias, groups, eps, scale=None, shift=None, silu=False):
+    """GroupNorm of x [N, C, H, W] (weight, bias [C]); with scale and shift [N, C, hs, ws] (the VQ decoder's SpatialNorm:
+    1x1 convolutions of the quantized latent at its own size), ``y * resize(scale) + resize(shift)`` with a nearest
+    resize to H x W; then SiLU when ``silu``. On CPU float32 the extension does it in one pass over the output
+    without materialising the resized maps; the fallback is F.group_norm, F.interpolate and F.silu."""
+    if (scale is None) != (shift is None):
+        raise ValueError("group_norm: scale and shift go together")
+    tensors = [x, weight, bias] + ([scale, shift] if scale is not None else [])
+    if x.ndim == 4 and _use_ext("group_norm", tensors, tensors):
+        x = x if x.is_contiguous() else x.contiguous()
+        if scale is not None:
+            scale = scale if scale.is_contiguous() else scale.contiguous()
+            shift = shift if shift.is_contiguous() else shift.contiguous()
+        return _EXT.pmx_group_norm(x, weight, bias, scale, shift, int(groups), float(eps), bool(silu))
+    return fallback.group_norm(x, weight, bias, groups, eps, scale, shift, silu)
 
 
 # ops.linear uses the extension's kernel (a GEMV-shaped product that streams the weight once) for at most

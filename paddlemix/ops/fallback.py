@@ -44,6 +44,16 @@ def conv2d(x, weight, bias, stride, padding, upsample=1):
     return F.conv2d(x, weight, bias, stride=list(stride), padding=list(padding))
 
 
+def group_norm(x, weight, bias, groups, eps, scale=None, shift=None, silu=False):
+    """GroupNorm of x [N, C, ...], then ``* scale + shift`` resized to x's spatial size by nearest neighbour (when
+    given), then SiLU (when ``silu``)."""
+    y = F.group_norm(x, groups, epsilon=eps, weight=weight, bias=bias)
+    if scale is not None:
+        size = x.shape[-2:]
+        y = y * F.interpolate(scale, size=size, mode="nearest") + F.interpolate(shift, size=size, mode="nearest")
+    return F.silu(y) if silu else y
+
+
 def linear(x, weight):
     """x [..., K] @ weight [K, N] (Paddle's [in, out] layout), no bias, as ``F.linear``."""
     return paddle.matmul(x, weight)

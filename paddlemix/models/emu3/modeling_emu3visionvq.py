@@ -41,7 +41,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from ...ops import conv2d, vq_nearest
+from ...ops import conv2d, group_norm, vq_nearest
 from ..model_utils import PretrainedModel
 from .configuration_emu3visionvq import Emu3VisionVQConfig
 
@@ -60,6 +60,13 @@ _HF_KEY_RULES = [
 
 def _group_norm(channels):
     return nn.GroupNorm(num_groups=32, num_channels=channels, epsilon=1e-6)
+
+
+def _norm(norm, x, zq=None, silu=False):
+    """A GroupNorm or SpatialNorm layer applied to x, followed by SiLU when ``silu``, as one ``ops.group_norm``."""
+    if isinstance(norm, Emu3VisionVQSpatialNorm):
+        return norm(x, zq, silu=silu)
+    return group_norm(x, norm.weight, norm.bias, norm._num_groups, norm._epsilon, silu=silu)
 
 
 class Emu3VisionVQConv2d(nn.Conv2D):
@@ -160,7 +167,8 @@ class Emu3VisionVQSpatialNorm(nn.Layer):
     """GroupNorm of x, then scaled and shifted by 1x1 convolutions of the quantized latent zq.
 
     zq is resized to x's size by nearest neighbour. A 1x1 convolution commutes with that resizing, so conv_y and
-    conv_b run (as one convolution) on the small zq and their outputs are resized instead.
+    conv_b run (as one convolution) on the small zq, and ``ops.group_norm`` reads their outputs through the resizing
+    (together with the SiLU that follows the norm in the residual blocks, ``silu=True``).
     """
 
     def __init__(self, channels, zq_channels):
@@ -169,13 +177,13 @@ class Emu3VisionVQSpatialNorm(nn.Layer):
         self.conv_y = nn.Conv2D(zq_channels, channels, 1)
         self.conv_b = nn.Conv2D(zq_channels, channels, 1)
 
-    def forward(self, x, zq):
+    def forward(self, x, zq, silu=False):
         c = x.shape[1]
         weight = paddle.concat([self.conv_y.weight, self.conv_b.weight])
         bias = paddle.concat([self.conv_y.bias, self.conv_b.bias])
-        scale_shift = F.interpolate(conv2d(zq, weight, bias), size=x.shape[-2:], mode="nearest")
-        scale, shift = paddle.split(scale_shift, [c, c], axis=1)
-        return self.norm_layer(x) * scale + shift
+        scale, shift = paddle.split(conv2d(zq, weight, bias), [c, c], axis=1)
+        norm = self.norm_layer
+        return group_norm(x, norm.weight, norm.bias, norm._num_groups, norm._epsilon, scale, shift, silu)
 
 
 class Emu3VisionVQResnetBlock(nn.Layer):
@@ -198,9 +206,8 @@ class Emu3VisionVQResnetBlock(nn.Layer):
         self.nin_shortcut = Emu3VisionVQConv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x, zq=None):
-        norm_args = (zq,) if self.spatial else ()
-        h = self.conv1(F.silu(self.norm1(x, *norm_args)))
-        h = self.conv2(F.silu(self.norm2(h, *norm_args)))
+        h = self.conv1(_norm(self.norm1, x, zq, silu=True))
+        h = self.conv2(_norm(self.norm2, h, zq, silu=True))
         if self.nin_shortcut is not None:
             x = self.nin_shortcut(x)
         return x + h
@@ -223,7 +230,7 @@ class Emu3VisionVQAttnBlock(nn.Layer):
 
     def forward(self, x, zq=None):
         n, c, height, width = x.shape
-        normed = self.norm(x, zq) if self.spatial else self.norm(x)
+        normed = _norm(self.norm, x, zq)
         tokens = normed.reshape([n, c, height * width]).transpose([0, 2, 1])
         weight = paddle.concat([self.q.weight, self.k.weight, self.v.weight]).reshape([3 * c, c])
         bias = paddle.concat([self.q.bias, self.k.bias, self.v.bias])
@@ -327,7 +334,7 @@ class Emu3VisionVQEncoder(nn.Layer):
         for level in self.down:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_norm(self.norm_out, h, silu=True))
 
     def forward(self, frames, batch_size, time_repeat=1, frames_per_pass=None):
         """frames [B*T, C, H, W] (batch-major) -> latent [B, z, T * time_repeat / factor, H/f, W/f].
@@ -381,7 +388,7 @@ class Emu3VisionVQDecoder(nn.Layer):
         h = self.mid(h, zq)
         for level in reversed(self.up):
             h = level(h, zq)
-        return self.conv_out(F.silu(self.norm_out(h, zq)))
+        return self.conv_out(_norm(self.norm_out, h, zq, silu=True))
 
     def forward(self, z, zq, first_frame_only=False, frames_per_pass=None):
         """z (post_quant_conv output) and zq (codebook vectors), both [B, C, t, h, w] -> frames [B*T, 3, H, W].
