@@ -2,7 +2,7 @@
 same process, float32, at Emu3 shapes. Prints a markdown table and appends it to benchmarks/RESULTS.md.
 
     python benchmarks/bench_ops.py                 # needs the extension: cd external_ops && python setup.py install
-    python benchmarks/bench_ops.py --no-append --repeats 3
+    python benchmarks/bench_ops.py --no-append --repeats 3 --threads 2
 """
 
 import argparse
@@ -15,11 +15,14 @@ import time
 import numpy as np
 import paddle
 
+import paddlemix
 import paddlemix.ops as ops
 from paddlemix.ops import fallback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ALL_OPS = frozenset({"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d"})
+ALL_OPS = frozenset(
+    {"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "group_norm", "decoder_step"}
+)
 
 
 def best_time(fn, repeats):
@@ -83,6 +86,62 @@ def cases(rng):
         out.append(("conv2d", label,
                     lambda x=x, w=w, b=bias, s=stride, p=pad: fallback.conv2d(x, w, b, (s, s), p),
                     lambda x=x, w=w, b=bias, s=stride, p=pad: ops.conv2d(x, w, b, s, p)))
+    # the VQ decoder's upsampling conv: nearest 2x then 3x3 (the fallback materialises the upsampled map)
+    for cin, size in ((128, 128), (64, 256)):
+        x = t(rng.standard_normal((1, cin, size, size)).astype("float32"))
+        w = t((rng.standard_normal((cin, cin, 3, 3)) / np.sqrt(cin * 9)).astype("float32"))
+        bias = t(rng.standard_normal(cin).astype("float32"))
+        out.append(("conv2d", f"upsample 2x + {cin}->{cin} 3x3 on {size}x{size}",
+                    lambda x=x, w=w, b=bias: fallback.conv2d(x, w, b, (1, 1), (1, 1, 1, 1), 2),
+                    lambda x=x, w=w, b=bias: ops.conv2d(x, w, b, 1, 1, upsample=2)))
+    # GroupNorm + SiLU (encoder) and SpatialNorm + SiLU (decoder: modulation from the 32x32 latent) at 256x256
+    for c, mod in ((64, None), (128, 32)):
+        x = t(rng.standard_normal((1, c, 256, 256)).astype("float32"))
+        gw, gb = t(np.ones(c, "float32")), t(np.zeros(c, "float32"))
+        sc = sh = None
+        if mod:
+            sc, sh = (t(rng.standard_normal((1, c, mod, mod)).astype("float32")) for _ in range(2))
+        label = f"[1, {c}, 256, 256] + SiLU" + (f", modulated from {mod}x{mod}" if mod else "")
+        out.append(("group_norm", label,
+                    lambda x=x, w=gw, b=gb, s=sc, h=sh: fallback.group_norm(x, w, b, 32, 1e-6, s, h, True),
+                    lambda x=x, w=gw, b=gb, s=sc, h=sh: ops.group_norm(x, w, b, 32, 1e-6, s, h, True)))
+    # lm_head of the benchmark LM config at one and two rows
+    w = t((rng.standard_normal((512, 40000)) / np.sqrt(512)).astype("float32"))
+    for rows in (1, 2):
+        x = t(rng.standard_normal((rows, 512)).astype("float32"))
+        out.append(("linear", f"[{rows}, 512] x [512, 40000]", lambda x=x: fallback.linear(x, w),
+                    lambda x=x: ops.linear(x, w)))
+    out += _decoder_step_cases(rng)
+    return out
+
+
+def _decoder_step_cases(rng):
+    """One decoder layer of the benchmark LM config (hidden 512, 8 heads, 2 KV heads, intermediate 1376), one new
+    token per row over a 1024-slot cache: the model's unfused layer code against the fused op."""
+    from paddlemix.models.emu3.configuration_emu3 import Emu3Config
+    from paddlemix.models.emu3.modeling_emu3 import Emu3DecoderLayer, Emu3KVCache, additive_mask, rope_inv_freq
+
+    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, img_token_id=3, boi_token_id=4, eoi_token_id=5,
+               eol_token_id=6, eof_token_id=7)
+    cfg = Emu3Config(vocab_size=64, hidden_size=512, intermediate_size=1376, num_hidden_layers=1,
+                     num_attention_heads=8, num_key_value_heads=2, **ids)
+    layer = Emu3DecoderLayer(cfg, 0)
+    for p in layer.parameters():
+        p.set_value(paddle.to_tensor((rng.standard_normal(p.shape) / np.sqrt(p.shape[0])).astype("float32")))
+    inv_freq = paddle.to_tensor(rope_inv_freq(cfg, 1024))
+    out = []
+    for batch in (1, 2):
+        cache = Emu3KVCache.for_model(cfg, batch, 1024, paddle.float32)
+        for buf in cache.keys + cache.values:
+            buf.set_value(paddle.to_tensor(rng.standard_normal(buf.shape).astype("float32")))
+        cache.length = 1000
+        x = paddle.to_tensor(rng.standard_normal((batch, 1, 512)).astype("float32"))
+        pos = paddle.full([batch, 1], 1000, "int64")
+        mask = additive_mask(paddle.ones([batch, 1024], "int64") * (paddle.arange(1024) <= 1000).astype("int64"),
+                             1, 1000, paddle.float32)
+        out.append(("decoder_step", f"layer of the LM config, B={batch}, 1001 of 1024 slots",
+                    lambda x=x, p=pos, m=mask, c=cache: layer(x, p, inv_freq, m, c),
+                    lambda x=x, p=pos, m=mask, c=cache: layer.decode_step(x, p, inv_freq, m, c)))
     return out
 
 
@@ -100,12 +159,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads (both sides)")
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to benchmarks/RESULTS.md")
     args = ap.parse_args()
     if ops.extension() is None:
         sys.exit("paddlemix_ops is not available: build it (cd external_ops && python setup.py install) and make sure "
                  "PADDLEMIX_DISABLE_EXT_OPS is not set")
     ops.CPU_EXT_OPS = ALL_OPS  # time every kernel, whatever the default choice is
+    paddlemix.set_cpu_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     rows = []
     with paddle.no_grad():
@@ -119,8 +180,9 @@ def main():
     lines = [
         "## CPU ops vs fallback",
         "",
-        f"`python benchmarks/bench_ops.py --repeats {args.repeats}` on {datetime.date.today().isoformat()}; "
-        f"{machine()}; best of {args.repeats} calls after a warm-up, float32, paddle.no_grad.",
+        f"`python benchmarks/bench_ops.py --repeats {args.repeats} --threads {args.threads}` on "
+        f"{datetime.date.today().isoformat()}; {machine()}; {args.threads} threads; best of {args.repeats} calls after "
+        f"a warm-up, float32, paddle.no_grad.",
         "",
         "| op | shape | fallback (ms) | extension (ms) | speed-up | same result |",
         "| --- | --- | ---: | ---: | ---: | --- |",

@@ -103,3 +103,18 @@ def returning_freed_memory():
     finally:
         libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_THRESHOLD)
+
+
+def set_cpu_threads(threads=None):
+    """Threads for Paddle's CPU kernels (its OpenMP and MKL) and the paddlemix ops, which share Paddle's OpenMP
+    runtime. Paddle starts with one; the example scripts call this with ``--threads`` (default: every CPU this process
+    may run on). Returns the number set."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    import paddle
+
+    paddle.base.core.set_num_threads(threads)
+    logger.info("CPU threads: %d", threads)
+    return threads

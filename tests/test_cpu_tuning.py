@@ -69,3 +69,26 @@ def test_checkpoint_loading_returns_freed_memory(monkeypatch):
         inside = list(libc.calls[2:])
     assert sorted(inside) == [(-3, 128 * 1024), (-1, 128 * 1024)]
     assert sorted(libc.calls[4:]) == [(-3, 1 << 30), (-1, 1 << 30)]
+
+
+def test_set_cpu_threads_sets_paddles_openmp_threads():
+    import ctypes
+    import os
+
+    import paddle
+
+    iomp = os.path.join(os.path.dirname(paddle.__file__), "libs", "libiomp5.so")
+    omp = ctypes.CDLL(iomp) if os.path.isfile(iomp) else None
+    try:
+        assert _cpu_tuning.set_cpu_threads(2) == 2
+        if omp is not None:  # the runtime our ops share with Paddle
+            assert omp.omp_get_max_threads() == 2
+        assert _cpu_tuning.set_cpu_threads() == len(os.sched_getaffinity(0))
+    finally:
+        _cpu_tuning.set_cpu_threads(1)
+    for bad in (0, -1, 1.5, True):
+        try:
+            _cpu_tuning.set_cpu_threads(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"set_cpu_threads({bad!r}) did not raise")

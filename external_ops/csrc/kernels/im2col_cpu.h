@@ -41,6 +41,11 @@ static inline void im2col_cpu(const float* x, float* cols, int64_t c, int64_t h,
         std::memcpy(d + x0, row + ix0, sizeof(float) * (x1 - x0));
       } else if (up == 1) {
         for (int64_t ox = x0; ox < x1; ++ox) d[ox] = row[ix0 + (ox - x0) * sw];
+      } else if (up == 2 && sw == 1) {  // each input value fills two neighbouring columns
+        int64_t ox = x0, ix = ix0;
+        if (ix & 1) d[ox++] = row[(ix++) >> 1];
+        for (; ox + 1 < x1; ox += 2, ix += 2) d[ox] = d[ox + 1] = row[ix >> 1];
+        if (ox < x1) d[ox] = row[ix >> 1];
       } else {
         for (int64_t ox = x0; ox < x1; ++ox) d[ox] = row[(ix0 + (ox - x0) * sw) / up];
       }

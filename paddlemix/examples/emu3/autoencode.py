@@ -21,6 +21,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from paddlemix import set_cpu_threads
 from paddlemix.models.emu3 import Emu3VisionVQImageProcessor, Emu3VisionVQModel
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -88,10 +89,14 @@ def main(argv=None):
     parser.add_argument("--image_path", help="an image file or a folder of images (default: the demo image)")
     parser.add_argument("--video_path", help="a folder of video frames, read in file-name order")
     parser.add_argument("--output_dir", default="autoencode_output", help="where the reconstructions are written")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="bf16/fp16 need a GPU"
     )
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be positive")
+    set_cpu_threads(args.threads)
     if args.image_path is None and args.video_path is None:
         args.image_path = os.path.normpath(DEFAULT_IMAGE)
 

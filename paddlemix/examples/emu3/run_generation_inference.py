@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 
+from paddlemix import set_cpu_threads
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 from paddlemix.models.emu3.image_processing_emu3visionvq import Emu3VisionVQImageProcessor
 from paddlemix.models.emu3.modeling_emu3visionvq import Emu3VisionVQModel
@@ -60,6 +61,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                         help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)")
     parser.add_argument("--output_dir", default="outputs", help="where the PNGs go")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
     args = parser.parse_args(argv)
     if args.demo:
         for sub in ("llm", "vision_tokenizer", "tokenizer"):
@@ -88,11 +90,14 @@ def parse_args(argv=None):
         parser.error("--max_new_tokens must be positive")
     if args.top_k < 0:
         parser.error("--top_k must be >= 0 (0: no top-k)")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be positive")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    set_cpu_threads(args.threads)
     tokenizer = Emu3Tokenizer.from_pretrained(args.tokenizer_path or args.model_path, padding_side="left")
     image_processor = Emu3VisionVQImageProcessor.from_pretrained(args.vq_model_path)
     vision_tokenizer = Emu3VisionVQModel.from_pretrained(args.vq_model_path, dtype=args.dtype)

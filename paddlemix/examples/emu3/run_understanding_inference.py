@@ -18,6 +18,7 @@ import sys
 
 from PIL import Image
 
+from paddlemix import set_cpu_threads
 from paddlemix.models.emu3 import Emu3Processor, Emu3Tokenizer, Emu3VisionVQImageProcessor, Emu3VisionVQModel
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 
@@ -61,7 +62,10 @@ def parse_args(argv=None):
         "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
         help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)",
     )
+    parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be positive")
     if args.max_new_tokens <= 0:
         parser.error("--max_new_tokens must be positive")
     for path in args.image_path:
@@ -78,6 +82,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    set_cpu_threads(args.threads)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # answers of untrained or cut-short models may hold U+FFFD
 
