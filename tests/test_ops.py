@@ -510,7 +510,7 @@ def test_decoder_step_extension(case, ext_only):
     keys_t, values_t = t(keys), t(values)
     with paddle.no_grad():
         assert ops.decoder_step_available(t(x))
-        y = ops.decoder_step(t(x[:, None]), [t(w) for w in weights], keys_t, values_t, slot, t(pos[:, None]),
+        y = ops.decoder_step(t(x[:, None]), [t(w) for w in weights], [keys_t], [values_t], slot, t(pos[:, None]),
                              t(inv_freq), t(mask), 1e-6)
     assert y.shape == [x.shape[0], 1, x.shape[1]]
     np.testing.assert_allclose(y.numpy()[:, 0], want_y, rtol=1e-4, atol=1e-4)
@@ -523,41 +523,67 @@ def test_decoder_step_extension(case, ext_only):
 
 
 def test_decoder_step_in_the_model_equals_the_unfused_layers(fixtures_dir, monkeypatch):
-    """Cached one-token forwards of the fixture LM (padded rows) run the fused op in every layer and give the
-    logits and cache of the unfused layer code."""
+    """Cached one-token forwards of the fixture LM (padded rows) run every layer in one fused call per step (one
+    call per layer when every layer's hidden state is returned) and give the logits, hidden states and cache of the
+    unfused layer code."""
     from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 
     require_extension()
     model = Emu3ForCausalLM.from_pretrained(str(fixtures_dir / "llm"))
+    layers = model.config.num_hidden_layers
     ref = np.load(sorted((fixtures_dir / "refs").glob("llm_forward_*.npz"))[0])
     ids, mask = ref["input_ids"], ref["attention_mask"]
     split = ids.shape[1] - 3
     calls = []
     fused_step = ops.decoder_step
-    monkeypatch.setattr(ops, "decoder_step", lambda *a: calls.append(1) or fused_step(*a))
+    monkeypatch.setattr(ops, "decoder_step", lambda *a: calls.append(len(a[2])) or fused_step(*a))
 
-    def decode(fused):
+    def decode(fused, hidden_states=False):
         monkeypatch.setattr(ops, "decoder_step_available", lambda x: fused)
         with paddle.no_grad():
             out = model(ids[:, :split], attention_mask=mask[:, :split], use_cache=True)
-            cache, logits = out.past_key_values, []
+            cache, logits, hidden = out.past_key_values, [], []
             for i in range(split, ids.shape[1]):
-                out = model(ids[:, i:i + 1], attention_mask=mask[:, :i + 1], past_key_values=cache, use_cache=True)
+                out = model(ids[:, i:i + 1], attention_mask=mask[:, :i + 1], past_key_values=cache, use_cache=True,
+                            output_hidden_states=hidden_states)
                 logits.append(out.logits.numpy())
-        return np.concatenate(logits, axis=1), cache
+                hidden += [h.numpy() for h in out.hidden_states or []]
+        return np.concatenate(logits, axis=1), cache, hidden
 
-    got, got_cache = decode(True)
-    assert len(calls) == 3 * model.config.num_hidden_layers
-    want, want_cache = decode(False)
-    assert len(calls) == 3 * model.config.num_hidden_layers
+    got, got_cache, _ = decode(True)
+    assert calls == [layers] * 3
+    want, want_cache, want_hidden = decode(False, hidden_states=True)
+    assert calls == [layers] * 3
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     for a, b in zip(got_cache.keys + got_cache.values, want_cache.keys + want_cache.values):
         np.testing.assert_allclose(a.numpy()[:, :, :ids.shape[1]], b.numpy()[:, :, :ids.shape[1]], atol=1e-5)
+    got_per_layer, _, got_hidden = decode(True, hidden_states=True)
+    assert calls == [layers] * 3 + [1] * (3 * layers)
+    np.testing.assert_allclose(got_per_layer, want, rtol=1e-4, atol=1e-4)
+    assert len(got_hidden) == len(want_hidden) == 3 * (layers + 1)
+    for a, b in zip(got_hidden, want_hidden):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_decoder_step_through_several_layers(ext_only):
+    """One call over three layers equals the layers one after the other (numpy), each with its own cache."""
+    layers = [_step_inputs(2, 64, 8, 2, 16, 96, 30, 17, "full", seed) for seed in (5, 6, 7)]
+    x, _, _, _, slot, pos, inv_freq, mask = layers[0]
+    want = x
+    for _, weights, keys, values, *_ in layers:
+        want, want_keys, _ = np_decoder_step(want, weights, keys, values, slot, pos, inv_freq, mask, 1e-6)
+    keys_t = [t(layer[2]) for layer in layers]
+    values_t = [t(layer[3]) for layer in layers]
+    with paddle.no_grad():
+        y = ops.decoder_step(t(x[:, None]), [t(w) for layer in layers for w in layer[1]], keys_t, values_t, slot,
+                             t(pos[:, None]), t(inv_freq), t(mask), 1e-6)
+    np.testing.assert_allclose(y.numpy()[:, 0], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(keys_t[2].numpy()[:, :, slot], want_keys[:, :, slot], rtol=1e-4, atol=1e-4)
 
 
 def test_decoder_step_rejects_bad_arguments(ext_only):
     x, weights, keys, values, slot, pos, inv_freq, mask = _step_inputs(*STEP_CASES[1])
-    args = [t(x[:, None]), [t(w) for w in weights], t(keys), t(values), slot, t(pos[:, None]), t(inv_freq)]
+    args = [t(x[:, None]), [t(w) for w in weights], [t(keys)], [t(values)], slot, t(pos[:, None]), t(inv_freq)]
     with paddle.no_grad():
         with pytest.raises(Exception, match="mask must be"):
             ops.decoder_step(*args, t(mask[:, :, :, :-1]), 1e-6)
@@ -566,6 +592,8 @@ def test_decoder_step_rejects_bad_arguments(ext_only):
         with pytest.raises(Exception, match="down_proj"):
             bad = [t(w) for w in weights[:8]] + [t(weights[8][:-1])]
             ops.decoder_step(args[0], bad, *args[2:], t(mask), 1e-6)
+        with pytest.raises(Exception, match="9 weights"):
+            ops.decoder_step(args[0], args[1], args[2] * 2, args[3] * 2, *args[4:], t(mask), 1e-6)
 
 
 def test_decoder_step_not_available_with_gradients_or_disabled(monkeypatch):

@@ -1,9 +1,11 @@
-// Paddle binding of decoder_step (CPU float32): one decode step of a Llama-style decoder layer, computed by
-// kernels/decoder_step_cpu.h. x [B, 1, hidden] (or [B, hidden]); weights: the layer's 9 tensors in the order
-// input_layernorm, q_proj, k_proj, v_proj, o_proj, post_attention_layernorm, gate_proj, up_proj, down_proj (norm
-// scales [hidden], projections in Paddle's [in, out] layout); keys, values [B, kv_heads, capacity, head_dim] get
-// the new token's key/value at `slot` (in place); position_ids [B] int64; inv_freq [head_dim / 2]; mask: additive
-// float32 [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]. Returns the layer's output, shaped as x.
+// Paddle binding of decoder_step (CPU float32): one decode step through L consecutive Llama-style decoder layers
+// (all of a model's, in one call: one dispatch per step instead of one per layer), each computed by
+// kernels/decoder_step_cpu.h. x [B, 1, hidden] (or [B, hidden]); weights: 9 tensors per layer, layer after layer, in
+// the order input_layernorm, q_proj, k_proj, v_proj, o_proj, post_attention_layernorm, gate_proj, up_proj, down_proj
+// (norm scales [hidden], projections in Paddle's [in, out] layout); keys, values: L tensors [B, kv_heads, capacity,
+// head_dim] that get each layer's new key/value at `slot` (in place); position_ids [B] int64; inv_freq
+// [head_dim / 2]; mask: additive float32 [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]. Returns the last
+// layer's output, shaped as x.
 #pragma once
 
 #include <vector>
@@ -20,20 +22,19 @@ void pmx_check_shape(const paddle::Tensor& t, const std::vector<int64_t>& want, 
 }  // namespace
 
 std::vector<paddle::Tensor> DecoderStepForward(const paddle::Tensor& x, const std::vector<paddle::Tensor>& weights,
-                                               paddle::Tensor& keys, paddle::Tensor& values,
+                                               std::vector<paddle::Tensor>& keys, std::vector<paddle::Tensor>& values,
                                                const paddle::Tensor& position_ids, const paddle::Tensor& inv_freq,
                                                const paddle::Tensor& mask, int64_t slot, float eps) {
-  PD_CHECK(x.is_cpu() && keys.is_cpu() && values.is_cpu() && mask.is_cpu(), "paddlemix_ops.decoder_step: CPU only");
-  PD_CHECK(weights.size() == 9, "paddlemix_ops.decoder_step: expected the layer's 9 weights");
+  const size_t layers = keys.size();
+  PD_CHECK(layers > 0 && values.size() == layers && weights.size() == 9 * layers,
+           "paddlemix_ops.decoder_step: expected 9 weights, one keys and one values tensor per layer");
+  PD_CHECK(x.is_cpu() && mask.is_cpu(), "paddlemix_ops.decoder_step: CPU only");
   PMX_CHECK_CPU_F32(x, "x");
-  PMX_CHECK_CPU_F32(keys, "keys");
-  PMX_CHECK_CPU_F32(values, "values");
   PMX_CHECK_CPU_F32(mask, "mask");
   PMX_CHECK_CPU_F32(inv_freq, "inv_freq");
-  for (const auto& w : weights) PMX_CHECK_CPU_F32(w, "every weight");
-  PD_CHECK(keys.shape().size() == 4 && keys.shape() == values.shape(),
-           "paddlemix_ops.decoder_step: keys and values must be [B, kv_heads, capacity, head_dim]");
-  const int64_t B = keys.shape()[0], kv_heads = keys.shape()[1], capacity = keys.shape()[2], D = keys.shape()[3];
+  const std::vector<int64_t> cache_shape = keys[0].shape();
+  PD_CHECK(cache_shape.size() == 4, "paddlemix_ops.decoder_step: keys and values must be [B, kv_heads, capacity, head_dim]");
+  const int64_t B = cache_shape[0], kv_heads = cache_shape[1], capacity = cache_shape[2], D = cache_shape[3];
   const int64_t H = weights[0].numel();
   PD_CHECK(x.numel() == B * H && x.shape().back() == H, "paddlemix_ops.decoder_step: x must be [B, 1, hidden]");
   PD_CHECK(weights[1].shape().size() == 2 && weights[1].shape()[1] % D == 0,
@@ -43,13 +44,23 @@ std::vector<paddle::Tensor> DecoderStepForward(const paddle::Tensor& x, const st
            "paddlemix_ops.decoder_step: heads must be a multiple of kv_heads and head_dim even");
   PD_CHECK(weights[6].shape().size() == 2, "paddlemix_ops.decoder_step: gate_proj must be 2-D");
   const int64_t I = weights[6].shape()[1];
-  pmx_check_shape(weights[1], {H, nq}, "q_proj");
-  pmx_check_shape(weights[2], {H, nkv}, "k_proj");
-  pmx_check_shape(weights[3], {H, nkv}, "v_proj");
-  pmx_check_shape(weights[4], {nq, H}, "o_proj");
-  PD_CHECK(weights[5].numel() == H, "paddlemix_ops.decoder_step: post_attention_layernorm has the wrong size");
-  pmx_check_shape(weights[7], {H, I}, "up_proj");
-  pmx_check_shape(weights[8], {I, H}, "down_proj");
+  for (size_t l = 0; l < layers; ++l) {
+    const paddle::Tensor* w = weights.data() + 9 * l;
+    PD_CHECK(keys[l].is_cpu() && values[l].is_cpu(), "paddlemix_ops.decoder_step: CPU only");
+    PMX_CHECK_CPU_F32(keys[l], "keys");
+    PMX_CHECK_CPU_F32(values[l], "values");
+    PD_CHECK(keys[l].shape() == cache_shape && values[l].shape() == cache_shape,
+             "paddlemix_ops.decoder_step: every layer's keys and values must be [B, kv_heads, capacity, head_dim]");
+    for (int i = 0; i < 9; ++i) PMX_CHECK_CPU_F32(w[i], "every weight");
+    PD_CHECK(w[0].numel() == H && w[5].numel() == H, "paddlemix_ops.decoder_step: a layernorm has the wrong size");
+    pmx_check_shape(w[1], {H, nq}, "q_proj");
+    pmx_check_shape(w[2], {H, nkv}, "k_proj");
+    pmx_check_shape(w[3], {H, nkv}, "v_proj");
+    pmx_check_shape(w[4], {nq, H}, "o_proj");
+    pmx_check_shape(w[6], {H, I}, "gate_proj");
+    pmx_check_shape(w[7], {H, I}, "up_proj");
+    pmx_check_shape(w[8], {I, H}, "down_proj");
+  }
   PD_CHECK(0 <= slot && slot < capacity, "paddlemix_ops.decoder_step: slot ", slot, " is outside the cache capacity ",
            capacity);
   PD_CHECK(position_ids.numel() == B && position_ids.dtype() == paddle::DataType::INT64,
@@ -62,6 +73,7 @@ std::vector<paddle::Tensor> DecoderStepForward(const paddle::Tensor& x, const st
            "paddlemix_ops.decoder_step: mask must be [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]");
 
   auto y = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
+  std::vector<float> between(layers > 1 ? 2 * B * H : 0);  // the hidden state between layers (ping-pong)
   pmx::DecoderStepArgs a;
   a.batch = B;
   a.hidden = H;
@@ -75,38 +87,42 @@ std::vector<paddle::Tensor> DecoderStepForward(const paddle::Tensor& x, const st
   a.mask_kv_stride = m[1] == 1 ? 0 : m[2] * capacity;
   a.mask_batch_stride = m[1] * m[2] * capacity;
   a.eps = eps;
-  a.ln1 = weights[0].data<float>();
-  a.wq = weights[1].data<float>();
-  a.wk = weights[2].data<float>();
-  a.wv = weights[3].data<float>();
-  a.wo = weights[4].data<float>();
-  a.ln2 = weights[5].data<float>();
-  a.wg = weights[6].data<float>();
-  a.wu = weights[7].data<float>();
-  a.wd = weights[8].data<float>();
-  a.x = x.data<float>();
   a.pos = position_ids.data<int64_t>();
   a.inv_freq = inv_freq.data<float>();
   a.mask = mask.data<float>();
-  a.keys = keys.data<float>();
-  a.values = values.data<float>();
-  a.y = y.data<float>();
-  pmx::decoder_step_cpu(a);
+  for (size_t l = 0; l < layers; ++l) {
+    const paddle::Tensor* w = weights.data() + 9 * l;
+    a.ln1 = w[0].data<float>();
+    a.wq = w[1].data<float>();
+    a.wk = w[2].data<float>();
+    a.wv = w[3].data<float>();
+    a.wo = w[4].data<float>();
+    a.ln2 = w[5].data<float>();
+    a.wg = w[6].data<float>();
+    a.wu = w[7].data<float>();
+    a.wd = w[8].data<float>();
+    a.keys = keys[l].data<float>();
+    a.values = values[l].data<float>();
+    a.x = l == 0 ? x.data<float>() : between.data() + ((l - 1) % 2) * B * H;
+    a.y = l + 1 == layers ? y.data<float>() : between.data() + (l % 2) * B * H;
+    pmx::decoder_step_cpu(a);
+  }
   return {y};
 }
 
 std::vector<std::vector<int64_t>> DecoderStepShape(const std::vector<int64_t>& x,
                                                    const std::vector<std::vector<int64_t>>& weights,
-                                                   const std::vector<int64_t>& keys,
-                                                   const std::vector<int64_t>& values,
+                                                   const std::vector<std::vector<int64_t>>& keys,
+                                                   const std::vector<std::vector<int64_t>>& values,
                                                    const std::vector<int64_t>& position_ids,
                                                    const std::vector<int64_t>& inv_freq,
                                                    const std::vector<int64_t>& mask) {
-  return {x, keys, values};
+  return {x};
 }
 std::vector<paddle::DataType> DecoderStepDtype(const paddle::DataType& x, const std::vector<paddle::DataType>& weights,
-                                               const paddle::DataType& keys, const paddle::DataType& values,
+                                               const std::vector<paddle::DataType>& keys,
+                                               const std::vector<paddle::DataType>& values,
                                                const paddle::DataType& position_ids, const paddle::DataType& inv_freq,
                                                const paddle::DataType& mask) {
-  return {x, keys, values};
+  return {x};
 }

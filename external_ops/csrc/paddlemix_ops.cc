@@ -37,10 +37,10 @@ PD_BUILD_OP(pmx_conv2d)
     .SetInferDtypeFn(PD_INFER_DTYPE(Conv2dDtype));
 
 PD_BUILD_OP(pmx_decoder_step)
-    .Inputs({"X", paddle::Vec("Weights"), "Keys", "Values", "PositionIds", "InvFreq", "Mask"})
-    .Outputs({"Out", "KeysOut", "ValuesOut"})
+    .Inputs({"X", paddle::Vec("Weights"), paddle::Vec("Keys"), paddle::Vec("Values"), "PositionIds", "InvFreq", "Mask"})
+    .Outputs({"Out", paddle::Vec("KeysOut"), paddle::Vec("ValuesOut")})
     .Attrs({"slot: int64_t", "eps: float"})
-    .SetInplaceMap({{"Keys", "KeysOut"}, {"Values", "ValuesOut"}})
+    .SetInplaceMap({{paddle::Vec("Keys"), paddle::Vec("KeysOut")}, {paddle::Vec("Values"), paddle::Vec("ValuesOut")}})
     .SetKernelFn(PD_KERNEL(DecoderStepForward))
     .SetInferShapeFn(PD_INFER_SHAPE(DecoderStepShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(DecoderStepDtype));

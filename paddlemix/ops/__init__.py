@@ -219,13 +219,15 @@ def decoder_step_available(x):
 
 
 def decoder_step(x, weights, keys, values, slot, position_ids, inv_freq, mask, eps):
-    """One decode step of a Llama-style decoder layer (silu MLP, rotate-half RoPE, grouped-query attention) as one
-    op: see external_ops/csrc/kernels/decoder_step_cpu.h. Call only where ``decoder_step_available(x)``.
+    """One decode step (one new token per row) through L consecutive Llama-style decoder layers (silu MLP,
+    rotate-half RoPE, grouped-query attention) as one op: see external_ops/csrc/kernels/decoder_step_cpu.h. Call only
+    where ``decoder_step_available(x)``.
 
-    x [B, 1, hidden]; weights: input_layernorm, q/k/v/o_proj, post_attention_layernorm, gate/up/down_proj weights
-    (projections [in, out]); keys, values [B, kv_heads, capacity, head_dim]: the new key and value are written at
-    ``slot`` in place and attention reads slots 0 .. slot; position_ids [B, 1] int64; inv_freq [head_dim / 2];
-    mask: additive float32 [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]. Returns the layer output [B, 1, hidden].
+    x [B, 1, hidden]; weights: 9 per layer, layer after layer: input_layernorm, q/k/v/o_proj,
+    post_attention_layernorm, gate/up/down_proj weights (projections [in, out]); keys, values: one
+    [B, kv_heads, capacity, head_dim] tensor per layer: each layer's new key and value are written at ``slot`` in
+    place and its attention reads slots 0 .. slot; position_ids [B, 1] int64; inv_freq [head_dim / 2]; mask: additive
+    float32 [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]. Returns the last layer's output [B, 1, hidden].
     """
     out = _EXT.pmx_decoder_step(
         x if x.is_contiguous() else x.contiguous(), weights, keys, values, position_ids, inv_freq,

@@ -258,11 +258,12 @@ class Emu3DecoderLayer(nn.Layer):
 
     def decode_step(self, hidden_states, position_ids, inv_freq, attn_mask, cache):
         """``forward`` for one new token per row with a cache, as one fused op (``ops.decoder_step``): same math,
-        one dispatch instead of about thirty. Emu3Model calls it where ``ops.decoder_step_available`` says it runs."""
+        one dispatch instead of about thirty. Emu3Model runs all its layers in one such call where
+        ``ops.decoder_step_available`` says it runs (this method: one layer, e.g. when every layer's output is kept)."""
+        i = self.self_attn.layer_idx
         return ops.decoder_step(
-            hidden_states, self._step_weights(), cache.keys[self.self_attn.layer_idx],
-            cache.values[self.self_attn.layer_idx], cache.length, position_ids, inv_freq, attn_mask,
-            self.input_layernorm.variance_epsilon,
+            hidden_states, self._step_weights(), [cache.keys[i]], [cache.values[i]], cache.length, position_ids,
+            inv_freq, attn_mask, self.input_layernorm.variance_epsilon,
         )
 
     def _step_weights(self):
@@ -307,7 +308,7 @@ class Emu3Model(nn.Layer):
             slots = cache.capacity if cache is not None else q_len  # the causal mask, built once for all layers
             attn_mask = additive_mask(paddle.ones([1, slots], "int64"), q_len, past, hidden.dtype)
         fused = (
-            input_ids.shape[1] == 1
+            q_len == 1
             and cache is not None
             and attn_mask is not None
             and attn_mask.dtype == paddle.float32
@@ -315,13 +316,18 @@ class Emu3Model(nn.Layer):
             and ops.decoder_step_available(hidden)
         )
         all_hidden = []
-        for layer in self.layers:
-            if output_hidden_states:
-                all_hidden.append(hidden)
-            if fused:
-                hidden = layer.decode_step(hidden, position_ids, inv_freq, attn_mask, cache)
-            else:
-                hidden = layer(hidden, position_ids, inv_freq, attn_mask, cache)
+        if fused and not output_hidden_states:  # every layer in one op call
+            weights = [w for layer in self.layers for w in layer._step_weights()]
+            hidden = ops.decoder_step(hidden, weights, cache.keys, cache.values, past, position_ids, inv_freq,
+                                      attn_mask, self.config.rms_norm_eps)
+        else:
+            for layer in self.layers:
+                if output_hidden_states:
+                    all_hidden.append(hidden)
+                if fused:
+                    hidden = layer.decode_step(hidden, position_ids, inv_freq, attn_mask, cache)
+                else:
+                    hidden = layer(hidden, position_ids, inv_freq, attn_mask, cache)
         if cache is not None:
             cache.length = past + input_ids.shape[1]
         if last_only:
