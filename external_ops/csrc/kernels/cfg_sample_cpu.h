@@ -27,6 +27,14 @@ struct CfgSampleParams {
   float temperature;
 };
 
+// the maximum of x[0:n] (vectorized)
+static inline float range_max(const float* x, int64_t n) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 // Returns 0, or 1 when a row's allowed range [lo, hi) is empty after clamping to [0, vocab).
 static inline int cfg_sample_cpu(const float* cond, const float* uncond, const int64_t* allowed, const float* random,
                                  int64_t* out, const CfgSampleParams& p) {
@@ -46,6 +54,20 @@ static inline int cfg_sample_cpu(const float* cond, const float* uncond, const i
     const float* c = cond + b * V;
     float cm, cl, um = 0.0f, ul = 0.0f;
     row_log_sum_exp(c, V, &cm, &cl);
+    if (p.greedy && !guide) {
+      // the first maximum of (c - cm) - cl over the range: that shift is monotone, so it is the first index whose
+      // shifted value equals the shifted maximum of c (no score vector, two vectorizable passes)
+      const float target = (range_max(c + lo, n) - cm) - cl;
+      int64_t best = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        if ((c[lo + i] - cm) - cl == target) {
+          best = i;
+          break;
+        }
+      }
+      out[b] = lo + best;
+      continue;
+    }
     const float* u = guide ? uncond + b * V : nullptr;
     if (guide) row_log_sum_exp(u, V, &um, &ul);
 
@@ -60,10 +82,15 @@ static inline int cfg_sample_cpu(const float* cond, const float* uncond, const i
         s[i] = sc;
       }
     }
-    if (p.greedy) {
+    if (p.greedy) {  // the first maximum
+      const float target = range_max(s.data(), n);
       int64_t best = 0;
-      for (int64_t i = 1; i < n; ++i)
-        if (s[i] > s[best]) best = i;
+      for (int64_t i = 0; i < n; ++i) {
+        if (s[i] == target) {
+          best = i;
+          break;
+        }
+      }
       out[b] = lo + best;
       continue;
     }
