@@ -21,7 +21,8 @@ from paddlemix.ops import fallback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL_OPS = frozenset(
-    {"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "group_norm", "decoder_step"}
+    {"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "group_norm", "decoder_step",
+     "masked_softmax"}
 )
 
 
@@ -111,6 +112,14 @@ def cases(rng):
         x = t(rng.standard_normal((rows, 512)).astype("float32"))
         out.append(("linear", f"[{rows}, 512] x [512, 40000]", lambda x=x: fallback.linear(x, w),
                     lambda x=x: ops.linear(x, w)))
+    # the attention scores of one 256-query block of a 1024-token prefill (LM config: 8 heads in 2 groups of 4)
+    from paddlemix.models.emu3.modeling_emu3 import additive_mask
+
+    scores = t(rng.standard_normal((1, 2, 4 * 256, 1024)).astype("float32"))
+    mask = additive_mask(paddle.ones([1, 1024], "int64"), 1024, 0, paddle.float32)[:, :, 768:1024].contiguous()
+    out.append(("masked_softmax", "scores [1, 2, 1024, 1024] (both: + a copy, it works in place), mask [1, 1, 256, 1024]",
+                lambda: fallback.masked_softmax_(scores.clone(), mask, 0.125),
+                lambda: ops.masked_softmax_(scores.clone(), mask, 0.125)))
     out += _decoder_step_cases(rng)
     return out
 

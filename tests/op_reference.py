@@ -148,3 +148,18 @@ def np_group_norm(x, weight, bias, groups, eps, scale=None, shift=None, silu=Fal
     if silu:
         y = y / (1 + np.exp(-y))
     return y.astype(F32)
+
+
+def np_masked_softmax(scores, mask, scale):
+    """softmax(scores * scale + mask) over the last axis in float64; mask None, [B or 1, 1, L, S] broadcast over the
+    heads and the query groups (rows group-major), or of the scores' shape."""
+    b, h, r, s = scores.shape
+    x = scores.astype(np.float64) * scale
+    if mask is not None:
+        if mask.shape[1] == 1:
+            length = mask.shape[2]
+            x = (x.reshape(b, h * r // length, length, s) + mask.astype(np.float64)).reshape(b, h, r, s)
+        else:
+            x = x + mask.astype(np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(F32)

@@ -13,11 +13,12 @@ import pytest
 
 import paddlemix.ops as ops
 from op_reference import (
-    F32, np_cfg_sample, np_conv2d, np_decoder_step, np_group_norm, np_rms_norm, np_rotary, np_vq_nearest, vq_inputs
+    F32, np_cfg_sample, np_conv2d, np_decoder_step, np_group_norm, np_masked_softmax, np_rms_norm, np_rotary,
+    np_vq_nearest, vq_inputs,
 )
 from paddlemix.ops import fallback
 
-OPS = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "group_norm")
+OPS = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "group_norm", "masked_softmax_")
 ORIGINAL_FALLBACK = {name: getattr(fallback, name) for name in OPS}
 
 
@@ -43,7 +44,7 @@ def ext_only(monkeypatch):
 
     for name in OPS:
         monkeypatch.setattr(fallback, name, refuse)
-    monkeypatch.setattr(ops, "CPU_EXT_OPS", frozenset(OPS) | {"decoder_step"})
+    monkeypatch.setattr(ops, "CPU_EXT_OPS", frozenset(OPS) | {"decoder_step", "masked_softmax"})
 
 
 def t(a):
@@ -381,6 +382,64 @@ def test_group_norm_rejects_bad_arguments(ext_only):
             ops.group_norm(t(x), t(weight), t(bias), 5, 1e-6)
         with pytest.raises(Exception, match="scale and shift must be"):
             ops.group_norm(t(x), t(weight), t(bias), 32, 1e-6, t(scale[:, :4]), t(shift[:, :4]))
+
+
+# ----------------------------------------------------------------------------------------------- masked_softmax
+# (scores shape [B, H, R, S], mask kind, seed): a prefill block (mask [B, 1, L, S] over 4 query groups per head, with
+# padded rows and a causal pattern), one mask for every row of a batch, no mask, a decode-shaped exact mask, a row
+# fully masked (uniform, as the original's eager attention) and a long row
+SOFTMAX_CASES = [
+    ((2, 2, 8, 11), "broadcast", 0),
+    ((3, 2, 6, 5), "one mask", 1),
+    ((1, 4, 3, 9), None, 2),
+    ((2, 2, 4, 7), "exact", 3),
+    ((1, 2, 4, 6), "all masked row", 4),
+    ((1, 8, 64, 1024), "broadcast", 5),
+]
+
+
+def _softmax_inputs(shape, kind, seed):
+    rng = np.random.default_rng(seed)
+    b, h, r, s = shape
+    scores = (3 * rng.standard_normal(shape)).astype(F32)
+    low = np.finfo(F32).min
+    mask = None
+    if kind in ("broadcast", "one mask", "all masked row"):
+        length = r // 4 if kind != "one mask" else r // 2
+        visible = np.arange(s)[None, None] <= np.arange(length)[None, :, None] + s - length  # causal over the slots
+        visible = visible & (np.arange(s)[None, None] >= np.arange(b if kind != "one mask" else 1)[:, None, None])
+        if kind == "all masked row":
+            visible[0, 0] = False
+        mask = np.where(visible, 0.0, low).astype(F32)[:, None]
+    elif kind == "exact":
+        mask = np.where(rng.random(shape) < 0.3, low, 0.0).astype(F32)
+        mask[..., 0] = 0.0
+    return scores, mask
+
+
+@pytest.mark.parametrize("shape,kind,seed", SOFTMAX_CASES)
+def test_masked_softmax_fallback_matches_numpy(shape, kind, seed):
+    scores, mask = _softmax_inputs(shape, kind, seed)
+    got = fallback.masked_softmax_(t(scores), _opt(mask), 0.125).numpy()
+    np.testing.assert_allclose(got, np_masked_softmax(scores, mask, 0.125), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,kind,seed", SOFTMAX_CASES)
+def test_masked_softmax_extension(shape, kind, seed, ext_only):
+    scores, mask = _softmax_inputs(shape, kind, seed)
+    x = t(scores)
+    with paddle.no_grad():
+        got = ops.masked_softmax_(x, _opt(mask), 0.125)
+    np.testing.assert_allclose(got.numpy(), np_masked_softmax(scores, mask, 0.125), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(x.numpy(), got.numpy())  # in place
+
+
+def test_masked_softmax_rejects_a_mask_that_does_not_fit(ext_only):
+    scores, mask = _softmax_inputs((2, 2, 8, 11), "broadcast", 0)
+    with paddle.no_grad(), pytest.raises(Exception, match="mask must be"):
+        ops.masked_softmax_(t(scores), t(mask[..., :-1]), 0.125)
+    with paddle.no_grad(), pytest.raises(Exception, match="mask must be"):
+        ops.masked_softmax_(t(scores), t(np.zeros((2, 1, 3, 11), F32)), 0.125)  # 3 does not divide 8 rows
 
 
 # ----------------------------------------------------------------------------------------------- linear

@@ -8,6 +8,7 @@
 #include "decoder_step_op.h"
 #include "group_norm_op.h"
 #include "linear_op.h"
+#include "masked_softmax_op.h"
 #include "rms_norm_op.h"
 #include "rotary_op.h"
 #include "vq_nearest_op.h"
@@ -59,6 +60,15 @@ PD_BUILD_OP(pmx_linear)
     .SetKernelFn(PD_KERNEL(LinearForward))
     .SetInferShapeFn(PD_INFER_SHAPE(LinearShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(LinearDtype));
+
+PD_BUILD_OP(pmx_masked_softmax)
+    .Inputs({"X", paddle::Optional("Mask")})
+    .Outputs({"Out"})
+    .Attrs({"scale: float"})
+    .SetInplaceMap({{"X", "Out"}})
+    .SetKernelFn(PD_KERNEL(MaskedSoftmaxForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(MaskedSoftmaxShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(MaskedSoftmaxDtype));
 
 PD_BUILD_OP(pmx_rms_norm)
     .Inputs({"X", "Weight"})

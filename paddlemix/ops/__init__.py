@@ -20,10 +20,11 @@ logger = logging.getLogger(__name__)
 
 # ops whose CPU kernel is used by default (each measured faster than its fallback by benchmarks/bench_ops.py)
 CPU_EXT_OPS = frozenset(
-    {"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step", "group_norm"}
+    {"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step", "group_norm",
+     "masked_softmax"}
 )
 # ops with only a CPU kernel (no CUDA one): on GPU they always take the fallback
-_CPU_ONLY_OPS = frozenset({"conv2d", "linear", "decoder_step", "group_norm"})
+_CPU_ONLY_OPS = frozenset({"conv2d", "linear", "decoder_step", "group_norm", "masked_softmax"})
 _GPU_DTYPES = (paddle.float32, paddle.bfloat16, paddle.float16)
 
 _EXT = None
@@ -58,7 +59,7 @@ def report():
     """A dict saying, for each op, what runs on CPU and on GPU: 'extension' or 'fallback'."""
     ext = extension()
     ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step",
-           "group_norm")
+           "group_norm", "masked_softmax")
     return {
         "extension": getattr(ext, "__file__", None) if ext is not None else None,
         "cpu": {op: "extension" if ext is not None and op in CPU_EXT_OPS else "fallback" for op in ops},
@@ -165,6 +166,20 @@ def group_norm(x, weight, bias, groups, eps, scale=None, shift=None, silu=False)
             shift = shift if shift.is_contiguous() else shift.contiguous()
         return _EXT.pmx_group_norm(x, weight, bias, scale, shift, int(groups), float(eps), bool(silu))
     return fallback.group_norm(x, weight, bias, groups, eps, scale, shift, silu)
+
+
+def masked_softmax_(scores, mask, scale):
+    """softmax(scores * scale + mask) over the last axis of attention scores [B, H, R, S], in place where it can
+    (returns the probabilities, float32). mask: None, [B or 1, 1, L, S] broadcast over the heads and the R / L query
+    groups of each head, or [B, H, R, S]. On CPU float32 the extension does it in one pass over the scores; the
+    fallback is Paddle's scale_, add_ and softmax_."""
+    tensors = [scores] if mask is None else [scores, mask]
+    if scores.ndim == 4 and scores.is_contiguous() and _use_ext("masked_softmax", tensors, tensors):
+        if mask is not None and not mask.is_contiguous():
+            mask = mask.contiguous()
+        _EXT.pmx_masked_softmax(scores, mask, float(scale))
+        return scores
+    return fallback.masked_softmax_(scores, mask, scale)
 
 
 # ops.linear uses the extension's kernel (a GEMV-shaped product that streams the weight once) for at most

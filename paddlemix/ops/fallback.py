@@ -54,6 +54,22 @@ def group_norm(x, weight, bias, groups, eps, scale=None, shift=None, silu=False)
     return F.silu(y) if silu else y
 
 
+def masked_softmax_(scores, mask, scale):
+    """softmax(scores * scale + mask) over the last axis, in float32 (the scores are scaled and masked in place).
+
+    scores [B, H, R, S]; mask: None, [B or 1, 1, L, S] (broadcast over the heads and over the R / L query groups of
+    each head: rows are ordered group-major, query-minor) or [B, H, R, S]."""
+    scores = scores.scale_(scale)
+    if mask is not None:
+        if mask.shape[1] != 1:
+            scores.add_(mask)
+        else:
+            b, h, r, s = scores.shape
+            length = mask.shape[2]
+            scores.reshape([b, h * r // length, length, s]).add_(mask)
+    return F.softmax_(scores if scores.dtype == paddle.float32 else scores.astype("float32"), axis=-1)
+
+
 def linear(x, weight):
     """x [..., K] @ weight [K, N] (Paddle's [in, out] layout), no bias, as ``F.linear``."""
     return paddle.matmul(x, weight)

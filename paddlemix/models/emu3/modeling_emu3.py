@@ -58,24 +58,12 @@ def grouped_attention(q, keys, values, attn_mask):
     exactly the scores' shape [B, Hk, (H / Hk) * L, S], which saves a broadcast. Softmax in float32.
     """
     bsz, q_len, heads, dim = q.shape
-    kv_heads, kv_len = keys.shape[1], keys.shape[2]
+    kv_heads = keys.shape[1]
     group = heads // kv_heads
     qh = q.reshape([bsz, kv_heads, group, dim]) if q_len == 1 else q.transpose([0, 2, 1, 3])
     qh = qh.reshape([bsz, kv_heads, group * q_len, dim])
-    # scale, mask and softmax in place on the fresh scores: on CPU a new [H, L, S] buffer per op costs more (page
-    # faults) than the op, and Paddle's broadcast of a [L, S] mask over the heads of a 5-D tensor is slower still
-    scores = paddle.matmul(qh, keys, transpose_y=True).scale_(1.0 / math.sqrt(dim))
-    if attn_mask is not None:
-        if attn_mask.shape[1] != 1:
-            scores.add_(attn_mask)
-        elif bsz == 1:
-            scores = scores.reshape([heads, q_len, kv_len])
-            scores.add_(attn_mask.reshape([q_len, kv_len]))
-            scores = scores.reshape([bsz, kv_heads, group * q_len, kv_len])
-        else:
-            scores = scores.reshape([bsz, kv_heads, group, q_len, kv_len]) + attn_mask.unsqueeze(1)
-            scores = scores.reshape([bsz, kv_heads, group * q_len, kv_len])
-    probs = F.softmax_(to_float32(scores), axis=-1)
+    scores = paddle.matmul(qh, keys, transpose_y=True)
+    probs = ops.masked_softmax_(scores, attn_mask, 1.0 / math.sqrt(dim))  # scale, mask, float32 softmax in one op
     if probs.dtype != q.dtype:
         probs = probs.astype(q.dtype)
     out = paddle.matmul(probs, values)  # [B, Hk, g*L, D]
