@@ -5,9 +5,9 @@ and ``PrefixConstrainedLogitsProcessor(Emu3PrefixConstrainedLogitsHelper)``) by 
 
 * the conditional rows and the unconditional (negative prompt) rows run as ONE batch per step: both are left-padded
   to a common length, with explicit position ids and a key mask, so every row computes what its separate pass does;
-* one KV cache for prompt + new tokens is allocated before the first step and written in place; every step
-  attends over all its slots with a mask of the scores' exact shape that unhides one slot per step (same shapes
-  every step, no copies, no broadcast);
+* one KV cache for prompt + new tokens is allocated before the first step and written in place; a step attends
+  over the filled slots only (the attention reads slots 0 .. the new token's), with one mask built before the first
+  step that hides the prompts' padding;
 * the allowed token range of every step (h rows of w visual tokens, each followed by eol, then eof, eoi, eos, pad) is
   computed once on the device from the step index and ``image_size`` as a ``[steps, B, 2]`` (lo, hi) table;
 * scoring and the token choice go through ``paddlemix.ops.cfg_sample``; only the last position's logits are formed,
@@ -238,13 +238,11 @@ def generate(
     dtype = model.dtype
     capacity = longest + steps
     padded = not bool(all_mask.all())
-    key_mask = paddle.to_tensor(np.concatenate([all_mask, np.zeros((rows, steps), np.int64)], axis=1))
+    # the generated slots count as tokens: a query never reads a slot after its own (the attention stops at the new
+    # token's slot), so one mask [R, 1, 1, capacity] serves the prefill and every step
+    key_mask = paddle.to_tensor(np.concatenate([all_mask, np.ones((rows, steps), np.int64)], axis=1))
     prefill_mask = additive_mask(key_mask, longest, 0, dtype) if padded else None
-    # the decode mask has the attention scores' exact shape [R, Hk, g, capacity]; each step unhides its slot
-    group = config.num_attention_heads // config.num_key_value_heads
-    step_mask = additive_mask(key_mask, 1, capacity - 1, dtype).expand(
-        [rows, config.num_key_value_heads, group, capacity]
-    ).clone()
+    step_mask = additive_mask(key_mask, 1, capacity - 1, dtype)
     next_pos = paddle.to_tensor(all_mask.sum(axis=1, keepdims=True))
 
     allowed = None
@@ -270,7 +268,7 @@ def generate(
         visual_head = model.lm_head.weight[:, config.first_visual_token_id:].contiguous()
 
     cache = Emu3KVCache.for_model(config, rows, capacity, dtype)
-    new_tokens = paddle.full([batch, steps], config.pad_token_id, dtype="int64")
+    new_tokens = []  # one [batch] tensor per step, stacked at the end
     unfinished = paddle.ones([batch], dtype="bool")
     pad = paddle.full([batch], config.pad_token_id, dtype="int64")
     bar = tqdm(total=steps, desc="Emu3 generate", unit="tok", disable=not progress)
@@ -298,7 +296,7 @@ def generate(
                 if plan[step] == "visual":
                     token = token + config.first_visual_token_id
             token = paddle.where(unfinished, token, pad)
-            new_tokens[:, step] = token
+            new_tokens.append(token)
             unfinished = unfinished & (token != config.eos_token_id)
             done = step + 1
             bar.update(1)
@@ -307,10 +305,9 @@ def generate(
             if image_size is None and done % sync_every == 0 and not bool(unfinished.any()):
                 break
             step_ids = (paddle.concat([token, token]) if use_cfg else token).unsqueeze(1)
-            step_mask[:, :, :, longest + step] = 0.0
             hidden = model.model(step_ids, next_pos + step, step_mask, cache, last_only=True)[0][:, 0]
     bar.close()
-    out = new_tokens[:, :done].numpy()
+    out = paddle.stack(new_tokens, axis=1).numpy()
     new_len = _generated_length(out, config.eos_token_id)
     return paddle.to_tensor(np.concatenate([ids, out[:, :new_len]], axis=1))
 
