@@ -119,3 +119,29 @@ def main_worker(run_job):
     result = run_job(job)
     with open(sys.argv[2], "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
+
+
+def copy_bandwidth(nbytes, repeats):
+    """Memory bandwidth of a large numpy copy, bytes read + bytes written per second, best of `repeats`.
+
+    Source and destination sit at the same offset in a page (16 bytes, where glibc puts a large allocation served by
+    a fresh mmap): with other relative offsets the copy can run into 4K aliasing (a load whose address matches a
+    recent store's low 12 bits waits for it), which on the benchmark machine made the same copy 3x slower once glibc
+    served the arrays from its heap (paddlemix raises its mmap threshold)."""
+    import numpy as np
+
+    n = nbytes // 4
+
+    def placed():
+        buf = np.empty(n + 2048, np.float32)
+        start = ((16 - buf.ctypes.data) % 4096) // 4
+        return buf[start:start + n]
+
+    src, dst = placed(), placed()
+    src.fill(1.0)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best

@@ -197,17 +197,7 @@ def job_memory(job):
 
 def job_floor(job):
     """Memory bandwidth of a large numpy copy (bytes read + bytes written per second), best of a few."""
-    import numpy as np
-
-    n = job["floor_bytes"] // 4
-    src = np.ones(n, np.float32)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(job["repeats"] + 2):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return {"bandwidth": 2 * src.nbytes / best}
+    return {"bandwidth": common.copy_bandwidth(job["floor_bytes"], job["repeats"] + 2)}
 
 
 def run_job(job):

@@ -48,10 +48,7 @@ def main():
     path = os.path.join(orig_dir, "model.safetensors")
     step_bytes = bench.weight_bytes(path, exclude=("model.embed_tokens.weight",))
 
-    src = np.ones(256 * 1024**2 // 4, np.float32)
-    dst = np.empty_like(src)
-    best = min(_time(lambda: np.copyto(dst, src)) for _ in range(5))
-    bandwidth = 2 * src.nbytes / best
+    bandwidth = common.copy_bandwidth(256 * 1024**2, 5)
     print(f"weights read per step: {step_bytes / 1e6:.1f} MB; bandwidth {bandwidth / 1e9:.1f} GB/s; "
           f"floor {step_bytes / bandwidth * 1e3:.2f} ms/step")
 
