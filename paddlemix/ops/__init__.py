@@ -185,9 +185,8 @@ def masked_softmax_(scores, mask, scale):
 # ops.linear uses the extension's kernel (a GEMV-shaped product that streams the weight once) for at most
 # LINEAR_MAX_ROWS rows and weights of at least LINEAR_MIN_WEIGHTS elements; other products go to Paddle's matmul
 # (MKL's GEMM reuses each weight for many rows; on small weights MKL's GEMV and its lower call overhead won). Measured
-# on a 2-core AMD EPYC in the decode step of benchmarks/README.md's lm config: lm_head 4.1 -> 3.4 ms at batch 1 and
-# 6.4 -> 4.3 ms at batch 2, the MLP projections equal at batch 1 and 15-25% faster at batch 2, the 512 x 128 and
-# 512 x 512 projections slower (so below the threshold).
+# on a 2-core AMD EPYC (benchmarks/bench_ops.py, 2 threads): the lm config's lm_head [512, 40000] 3.4 -> 2.2 ms at
+# one row, 4.6 -> 3.2 ms at two. A decode step's layer projections run inside ops.decoder_step.
 LINEAR_MAX_ROWS = 16
 LINEAR_MIN_WEIGHTS = 1 << 19
 

@@ -7,8 +7,8 @@
 // runs the layer: each thread streams a contiguous block of rows of each weight into a partial output
 // (kernels/linear_cpu.h), the partial outputs are added over column shares together with the element-wise work that
 // follows (residual adds, silu * up), and the team meets at a barrier only where the next step needs every column of
-// the one before. The workspace is the calling thread's and is reused across calls. Slots after `slot` are not read:
-// they are unfilled, and the mask hides them (their softmax weight is exactly 0). No Paddle types.
+// the one before. The workspace is the calling thread's and is reused across calls. The attention reads the slots
+// 0 .. slot only (later slots belong to later tokens, so the mask need not hide them). No Paddle types.
 #pragma once
 
 #include <algorithm>
