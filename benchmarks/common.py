@@ -52,6 +52,21 @@ def step_time(gen, steps, repeats):
     return diffs[len(diffs) // 2], out
 
 
+def decode_timing(gen, job, batch):
+    """{"decode step bB": seconds per step, "ids bB": new ids}, and for batch 1 with job["floor_bytes"] also
+    "bandwidth b1": the best copy bandwidth measured right before and right after the step timing, in the same
+    process (the floor suite divides the step by the floor at that bandwidth, so that both come from the same
+    moment of a machine whose bandwidth drifts by 20% over minutes)."""
+    res = {}
+    measure = batch == 1 and job.get("floor_bytes")
+    before = copy_bandwidth(job["floor_bytes"], 3) if measure else 0.0
+    res[f"decode step b{batch}"], out = step_time(gen, job["decode_steps"], job["repeats"])
+    if measure:
+        res["bandwidth b1"] = max(before, copy_bandwidth(job["floor_bytes"], 3))
+    res[f"ids b{batch}"] = out
+    return res
+
+
 def grid_tokens(height, width):
     """Tokens that one image of height x width visual tokens takes after the image token: h rows of w visual
     tokens plus an end-of-line each, then end-of-frame, end-of-image, end-of-sequence."""

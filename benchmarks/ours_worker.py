@@ -129,8 +129,9 @@ def job_lm(job):
                 return _generate(model, prompt, max_new_tokens=n, do_sample=False)
 
             gen(2)
-            res[f"decode step b{batch}"], out = common.step_time(gen, job["decode_steps"], job["repeats"])
-            res[f"ids b{batch}"] = out[:, prompt.shape[1]:].flatten().tolist()
+            timing = common.decode_timing(gen, job, batch)
+            timing[f"ids b{batch}"] = timing[f"ids b{batch}"][:, prompt.shape[1]:].flatten().tolist()
+            res.update(timing)
     return res
 
 
@@ -195,11 +196,6 @@ def job_memory(job):
     }
 
 
-def job_floor(job):
-    """Memory bandwidth of a large numpy copy (bytes read + bytes written per second), best of a few."""
-    return {"bandwidth": common.copy_bandwidth(job["floor_bytes"], job["repeats"] + 2)}
-
-
 def run_job(job):
     import numpy as np
 
@@ -211,18 +207,17 @@ def run_job(job):
         "t2i": job_t2i,
         "vqa": job_vqa,
         "memory": job_memory,
-        "floor": job_floor,
     }[job["job"]](job)
-    versions = {"numpy": np.__version__}
-    if job["job"] != "floor":
-        import paddle
+    import paddle
 
-        from paddlemix import ops
+    from paddlemix import ops
 
-        versions["paddle"] = paddle.__version__
-        cpu_ops = ops.report()["cpu"]
-        versions["paddlemix ops (CPU)"] = ", ".join(f"{k}: {v}" for k, v in sorted(cpu_ops.items()))
-    result["_versions"] = versions
+    cpu_ops = ops.report()["cpu"]
+    result["_versions"] = {
+        "numpy": np.__version__,
+        "paddle": paddle.__version__,
+        "paddlemix ops (CPU)": ", ".join(f"{k}: {v}" for k, v in sorted(cpu_ops.items())),
+    }
     return result
 
 

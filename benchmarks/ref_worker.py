@@ -180,8 +180,9 @@ def job_lm(job):
                 )
 
             gen(2)
-            res[f"decode step b{batch}"], out = common.step_time(gen, job["decode_steps"], job["repeats"])
-            res[f"ids b{batch}"] = out[:, prompt.shape[1]:].flatten().tolist()
+            timing = common.decode_timing(gen, job, batch)
+            timing[f"ids b{batch}"] = timing[f"ids b{batch}"][:, prompt.shape[1]:].flatten().tolist()
+            res.update(timing)
     return res
 
 

@@ -226,9 +226,10 @@ class Runner:
                 "text_vocab": c["pad_token_id"]}
 
     # ------------------------------------------------------------------ table
-    def add(self, label, ours, ref, unit, higher_better=False, fmt="{:.3f}"):
+    def add(self, label, ours, ref, unit, higher_better=False, fmt="{:.3f}", compare=True):
+        """One table row; compare=False: no gain column (two measurements of the machine, not of the two sides)."""
         gain = None
-        if ours is not None and ref is not None and ours > 0 and ref > 0:
+        if compare and ours is not None and ref is not None and ours > 0 and ref > 0:
             gain = ours / ref if higher_better else ref / ours
         self.rows.append((label, ours, ref, unit, gain, fmt))
 
@@ -261,7 +262,7 @@ class Runner:
         if self.lm_done is None or not set(batches) <= set(self.lm_done[0]):
             job = {"job": "lm", "prefill_len": p["prefill_len"] if prefill else 0, "repeats": p["repeats"],
                    "decode_prompt_len": p["decode_prompt_len"], "decode_steps": p["decode_steps"],
-                   "decode_batches": batches}
+                   "decode_batches": batches, "floor_bytes": p["floor_bytes"]}
             self.lm_done = (batches,) + self.both(job, "lm", "lm")
         return self.lm_done[1:]
 
@@ -314,17 +315,22 @@ class Runner:
             self.add(f"{label} / ckpt", net[0], net[1], "x ckpt", fmt="{:.2f}")
 
     def suite_floor(self):
-        p = self.params
-        bw = self.call("ours", {"job": "floor", "floor_bytes": p["floor_bytes"], "repeats": p["repeats"]})
+        """Each side's batch-1 decode step against the floor at the copy bandwidth its own worker measured right
+        before and after that step timing (common.decode_timing)."""
         orig_dir, _ = self.weights("lm", "lm")
-        if bw is None or orig_dir is None:
+        if orig_dir is None:
             return
-        step_bytes = weight_bytes(os.path.join(orig_dir, "model.safetensors"), exclude=("model.embed_tokens.weight",))
-        floor = step_bytes / bw["bandwidth"]
-        self.add("memory bandwidth (numpy copy, read+write)", bw["bandwidth"] / 1e9, None, "GB/s", fmt="{:.1f}")
-        self.add(f"decode-step floor ({step_bytes / 1e6:.0f} MB of weights)", floor * 1e3, None, "ms", fmt="{:.2f}")
         ours, ref = self.lm_results([1], prefill=False)
-        ratio = [None if r is None else r["decode step b1"] / floor for r in (ours, ref)]
+        step_bytes = weight_bytes(os.path.join(orig_dir, "model.safetensors"), exclude=("model.embed_tokens.weight",))
+        bw = [self.get(r, "bandwidth b1") for r in (ours, ref)]
+        floor = [None if b is None else step_bytes / b for b in bw]
+        self.add("memory bandwidth around the b1 decode timing (numpy copy, read+write)",
+                 None if bw[0] is None else bw[0] / 1e9, None if bw[1] is None else bw[1] / 1e9, "GB/s",
+                 fmt="{:.1f}", compare=False)
+        self.add(f"decode-step floor ({step_bytes / 1e6:.0f} MB of weights / that bandwidth)",
+                 None if floor[0] is None else floor[0] * 1e3, None if floor[1] is None else floor[1] * 1e3, "ms",
+                 fmt="{:.2f}", compare=False)
+        ratio = [None if r is None or f is None else r["decode step b1"] / f for r, f in zip((ours, ref), floor)]
         self.add("decode step b1 / floor", ratio[0], ratio[1], "x floor", fmt="{:.2f}")
 
 
