@@ -110,7 +110,6 @@ def _generate(model, ids, **kwargs):
 
 
 def job_lm(job):
-    import numpy as np
     import paddle
 
     set_threads(job["threads"])

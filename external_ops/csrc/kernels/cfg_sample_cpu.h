@@ -27,14 +27,6 @@ struct CfgSampleParams {
   float temperature;
 };
 
-// the maximum of x[0:n] (vectorized)
-static inline float range_max(const float* x, int64_t n) {
-  float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
-  return m;
-}
-
 // Returns 0, or 1 when a row's allowed range [lo, hi) is empty after clamping to [0, vocab).
 static inline int cfg_sample_cpu(const float* cond, const float* uncond, const int64_t* allowed, const float* random,
                                  int64_t* out, const CfgSampleParams& p) {

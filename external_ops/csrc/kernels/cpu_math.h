@@ -30,11 +30,33 @@ static inline float fast_expf(float x) {
   return __builtin_bit_cast(float, bits);
 }
 
-// max and log(sum(exp(x - max))) of a float32 row, as a log-softmax needs them.
-static inline void row_log_sum_exp(const float* x, int64_t n, float* max_out, float* log_sum_out) {
+// the maximum of x[0:n] (vectorized); -inf for n == 0
+static inline float range_max(const float* x, int64_t n) {
   float m = -INFINITY;
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// x[0:n] = softmax of x given its maximum m, in place: exp(x - m) / sum. Entries more than 87 below the maximum (the
+// masked ones, at the dtype's lowest value) get weight exactly 0.
+static inline void exp_normalize(float* x, int64_t n, float m) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const float z = x[i] - m;
+    const float e = z < -87.0f ? 0.0f : fast_expf(z);
+    x[i] = e;
+    sum += e;
+  }
+  const float inv = 1.0f / sum;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+// max and log(sum(exp(x - max))) of a float32 row, as a log-softmax needs them.
+static inline void row_log_sum_exp(const float* x, int64_t n, float* max_out, float* log_sum_out) {
+  const float m = range_max(x, n);
   // float sums over blocks of 2048 (vectorized), the blocks added in double: accurate to about 1e-7
   double s = 0.0;
   for (int64_t i0 = 0; i0 < n; i0 += 2048) {

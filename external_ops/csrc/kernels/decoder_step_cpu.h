@@ -18,6 +18,7 @@
 
 #include "cpu_math.h"
 #include "linear_cpu.h"
+#include "rms_norm_cpu.h"
 #include "rotary_cpu.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -43,19 +44,6 @@ struct DecoderStepArgs {
   float *keys, *values;                                       // [B, kv_heads, capacity, head_dim], updated in place
   float* y;                                                   // [B, hidden]
 };
-
-static inline void step_rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t hidden, float eps) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * hidden;
-    float* yr = y + r * hidden;
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < hidden; ++i) s += xr[i] * xr[i];
-    const float inv = 1.0f / std::sqrt(s / static_cast<float>(hidden) + eps);
-#pragma omp simd
-    for (int64_t i = 0; i < hidden; ++i) yr[i] = w[i] * (xr[i] * inv);
-  }
-}
 
 #if defined(__AVX2__) && defined(__FMA__)
 // the dot products of q [dim] with the 8 key rows k [8, dim] (dim a multiple of 8), as one vector
@@ -102,10 +90,7 @@ static inline void step_scores(const float* q, const float* kc, const float* mas
       for (int64_t d = 0; d < dim; ++d) dot += qg[d] * kt[d];
       sg[t] = dot * scale + mask[g * mask_group_stride + t];
     }
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t t = 0; t < len; ++t) m = sg[t] > m ? sg[t] : m;
-    mx[g] = m;
+    mx[g] = range_max(sg, len);
   }
 }
 
@@ -173,21 +158,7 @@ static inline void step_attention(const float* q, const float* kc, const float* 
   float* mx = scratch + group * len;
   step_scores(q, kc, mask, mask_group_stride, group, len, dim, 1.0f / std::sqrt(static_cast<float>(dim)), scores,
               mx);
-  for (int64_t g = 0; g < group; ++g) {
-    float* sg = scores + g * len;
-    const float m = mx[g];
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t t = 0; t < len; ++t) {
-      const float z = sg[t] - m;
-      const float e = z < -87.0f ? 0.0f : fast_expf(z);
-      sg[t] = e;
-      sum += e;
-    }
-    const float inv = 1.0f / sum;
-#pragma omp simd
-    for (int64_t t = 0; t < len; ++t) sg[t] *= inv;
-  }
+  for (int64_t g = 0; g < group; ++g) exp_normalize(scores + g * len, len, mx[g]);
   step_weighted_sum(scores, vc, group, len, dim, out);
 }
 
@@ -219,7 +190,7 @@ static inline void decoder_step_cpu(const DecoderStepArgs& a) {
 #endif
     float* part = parts + t * part_stride;
 #pragma omp single
-    step_rms_norm(a.x, a.ln1, xn, B, H, a.eps);
+    rms_norm_cpu(a.x, a.ln1, xn, B, H, a.eps);
 
     linear_rows_part(xn, a.wq, part, B, H, nq, t, nt);
     linear_rows_part(xn, a.wk, part + B * nq, B, H, nkv, t, nt);
@@ -267,7 +238,7 @@ static inline void decoder_step_cpu(const DecoderStepArgs& a) {
 #pragma omp barrier
 
 #pragma omp single
-    step_rms_norm(h, a.ln2, hn, B, H, a.eps);
+    rms_norm_cpu(h, a.ln2, hn, B, H, a.eps);
 
     linear_rows_part(hn, a.wg, part, B, H, I, t, nt);
     linear_rows_part(hn, a.wu, part + B * I, B, H, I, t, nt);

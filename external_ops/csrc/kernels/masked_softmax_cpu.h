@@ -28,20 +28,7 @@ static inline void masked_softmax_cpu(float* x, const float* mask, int64_t rows,
 #pragma omp simd
       for (int64_t c = 0; c < cols; ++c) xr[c] = xr[c] * scale;
     }
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t c = 0; c < cols; ++c) m = xr[c] > m ? xr[c] : m;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t c = 0; c < cols; ++c) {
-      const float z = xr[c] - m;
-      const float e = z < -87.0f ? 0.0f : fast_expf(z);
-      xr[c] = e;
-      sum += e;
-    }
-    const float inv = 1.0f / sum;
-#pragma omp simd
-    for (int64_t c = 0; c < cols; ++c) xr[c] *= inv;
+    exp_normalize(xr, cols, range_max(xr, cols));
   }
 }
 
