@@ -16,6 +16,8 @@ Output (one folder ``OUT``):
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -197,7 +199,7 @@ def read_feature(path):
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, KeyError) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
         raise ValueError(f"cannot read feature file {path} ({type(e).__name__}: {e})") from None
     unknown = sorted(set(arrays) - set(_STRING_KEYS) - {"images"})
     missing = sorted({"name", "texts"} - set(arrays))
