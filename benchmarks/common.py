@@ -115,6 +115,29 @@ def lm_prompts(job):
     return prefill, decode
 
 
+def train_batch(job):
+    """The train case's batch, the same on both sides: input ids [batch, seq_len] of ordinary text ids (int64); the
+    labels are the ids themselves (every position a target, shifted inside the model)."""
+    import numpy as np
+
+    rng = np.random.default_rng(13)
+    return rng.integers(0, job["text_vocab"], (job["train_batch"], job["train_len"])).astype(np.int64)
+
+
+def train_timing(step, job):
+    """Time a training step: one untimed step first (it allocates the gradients and the optimizer's moments and
+    builds the kernels), then job["train_steps"] timed ones. step() returns the loss as a float. Returns
+    {"train step": median seconds, "train losses": [loss of every step], "peak_kib": VmHWM at the end}."""
+    losses = [step()]
+    times = []
+    for _ in range(job["train_steps"]):
+        t0 = time.perf_counter()
+        losses.append(step())
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"train step": times[len(times) // 2], "train losses": losses, "peak_kib": rss_kib("VmHWM")}
+
+
 def test_image(size):
     """A deterministic smooth test image [1, 3, size, size] in [-1, 1] (float32)."""
     import numpy as np

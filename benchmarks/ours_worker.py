@@ -4,7 +4,7 @@ Usage (run.py does this): ``python ours_worker.py JOB.json RESULT.json``. Jobs:
 
 * ``make_weights``: random weights for a config, written by our ``save_pretrained`` in the original key layout.
 * ``map_keys``: {transformers key: original key} through our models' documented ``_map_checkpoint_key``.
-* ``vq``, ``lm``, ``t2i``, ``vqa``, ``memory``: the benchmark cases (the same work as ref_worker.py).
+* ``vq``, ``lm``, ``t2i``, ``vqa``, ``memory``, ``train``: the benchmark cases (the same work as ref_worker.py).
 """
 
 import os
@@ -195,6 +195,37 @@ def job_memory(job):
     }
 
 
+def job_train(job):
+    """One optimizer step of a plain training loop, the same work as the reference's: forward with labels (the
+    model's chunked float32 loss), backward, paddle.optimizer.AdamW with the reference's hyper-parameters, gradients
+    released after the step; recompute per decoder layer with job["recompute"]."""
+    import numpy as np
+    import paddle
+
+    set_threads(job["threads"])
+    base = common.rss_kib("VmRSS")
+    model = load(job)
+    model.train()
+    if job["recompute"]:
+        model.gradient_checkpointing_enable()
+    params = model.parameters()
+    optimizer = paddle.optimizer.AdamW(learning_rate=1e-5, parameters=params, beta1=0.9, beta2=0.95, epsilon=1e-6,
+                                       weight_decay=0.1)
+    ids = paddle.to_tensor(common.train_batch(job))
+
+    def step():
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad(set_to_zero=False)
+        return float(loss)
+
+    res = common.train_timing(step, job)
+    res["baseline_kib"] = base
+    res["param_bytes"] = int(sum(int(np.prod(p.shape)) * p.element_size() for p in params))
+    return res
+
+
 def run_job(job):
     import numpy as np
 
@@ -206,6 +237,7 @@ def run_job(job):
         "t2i": job_t2i,
         "vqa": job_vqa,
         "memory": job_memory,
+        "train": job_train,
     }[job["job"]](job)
     import paddle
 

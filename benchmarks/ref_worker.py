@@ -5,7 +5,7 @@ Usage (run.py does this): ``.ref_venv/bin/python ref_worker.py JOB.json RESULT.j
 * ``hf_keys``: the state-dict keys and shapes of transformers' model for a config (to build the key mapping).
 * ``convert``: write a transformers-layout folder from our original-layout checkpoint and the key mapping
   {transformers key: original key} that our package documents (its ``_map_checkpoint_key``).
-* ``vq``, ``lm``, ``t2i``, ``vqa``, ``memory``: the benchmark cases; each returns {metric: value}.
+* ``vq``, ``lm``, ``t2i``, ``vqa``, ``memory``, ``train``: the benchmark cases; each returns {metric: value}.
 
 Config field names follow transformers 5.x (checked against the installed package): Emu3VQVAEConfig uses
 base_channels / channel_multiplier / latent_channels / double_latent and sizes its attention by hidden_size;
@@ -288,6 +288,34 @@ def job_memory(job):
     }
 
 
+def job_train(job):
+    """One optimizer step of a plain training loop: forward with labels (transformers' causal-LM loss), backward,
+    torch.optim.AdamW (the Trainer's optimizer and hyper-parameters of the original's t2i_sft.sh), gradients freed
+    after the step (zero_grad's default); gradient checkpointing per decoder layer with job["recompute"]."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    base = common.rss_kib("VmRSS")
+    model = load(job)
+    model.train()
+    if job["recompute"]:
+        model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1)
+    ids = torch.from_numpy(common.train_batch(job))
+
+    def step():
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(loss.detach())
+
+    res = common.train_timing(step, job)
+    res["baseline_kib"] = base
+    res["param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    return res
+
+
 def run_job(job):
     import torch
     import transformers
@@ -300,6 +328,7 @@ def run_job(job):
         "t2i": job_t2i,
         "vqa": job_vqa,
         "memory": job_memory,
+        "train": job_train,
     }[job["job"]](job)
     result["_versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     return result
