@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from paddlemix.models.emu3 import Emu3VisionVQImageProcessor
-from paddlemix.trainer.data_prep import area_resize, load_pixels, read_data_list, read_feature, write_feature
+from paddlemix.trainer.data_prep import area_resize, load_pixels, read_input_list, read_feature, write_feature
 
 from conftest import REPO_ROOT
 
@@ -163,7 +163,7 @@ def test_malformed_data_lists_fail_before_any_work(tmp_path, content, message):
     path = tmp_path / "data.json"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
-        read_data_list(str(path))
+        read_input_list(str(path))
     from paddlemix.examples.emu3 import prepare_data
 
     out = tmp_path / "out"

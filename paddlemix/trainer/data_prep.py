@@ -128,7 +128,7 @@ def _parse_item(data_path, index, item):
                     question=item.get("question"), answer=item.get("answer"))
 
 
-def read_data_list(data_path):
+def read_input_list(data_path):
     """Parse and validate the input JSON list: a list of DataItem. Every problem (unreadable or malformed JSON, an
     item of no known kind, a missing or unknown field, a non-string value, a name unusable as a file name, duplicate
     names) is a ValueError/FileNotFoundError naming the file and the item, raised before any work starts."""

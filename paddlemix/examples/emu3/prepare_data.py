@@ -34,7 +34,7 @@ from paddlemix.trainer.data_prep import (
     feature_path,
     is_prepared,
     load_pixels,
-    read_data_list,
+    read_input_list,
     resolve_image_path,
     write_data_list,
     write_feature,
@@ -99,7 +99,7 @@ class Encoder:
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    items = read_data_list(args.data_path)
+    items = read_input_list(args.data_path)
     done = [item for item in items if is_prepared(feature_path(args.output_path, item.name), item)]
     todo = [item for item in items if item not in done]
     logger.info("%d samples in %s: %d already prepared, %d to prepare", len(items), args.data_path, len(done),
