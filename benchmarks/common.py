@@ -124,18 +124,34 @@ def train_batch(job):
     return rng.integers(0, job["text_vocab"], (job["train_batch"], job["train_len"])).astype(np.int64)
 
 
-def train_timing(step, job):
-    """Time a training step: one untimed step first (it allocates the gradients and the optimizer's moments and
-    builds the kernels), then job["train_steps"] timed ones. step() returns the loss as a float. Returns
-    {"train step": median seconds, "train losses": [loss of every step], "peak_kib": VmHWM at the end}."""
-    losses = [step()]
+def reset_peak_rss():
+    """Reset VmHWM (the peak resident size) to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")
+
+
+def train_timing(forward, update, job):
+    """Time training steps = update(forward()). forward() returns the loss tensor (autograd recording), update(loss)
+    runs backward, the optimizer step and frees the gradients, and returns the loss as a float.
+
+    The first step is untimed (it allocates the gradients and the optimizer's moments and builds the kernels); its
+    forward measures the activation memory: the peak RSS during that forward above the RSS right before it (what
+    autograd keeps for the backward, plus the loss's temporaries). Then job["train_steps"] timed steps. Returns
+    {"train step": median seconds, "train losses": [every step's loss], "activation_kib", "peak_kib": VmHWM at the
+    end (peak RSS since the first forward)}."""
+    before = rss_kib("VmRSS")
+    reset_peak_rss()
+    loss = forward()
+    activation = rss_kib("VmHWM") - before
+    losses = [update(loss)]
     times = []
     for _ in range(job["train_steps"]):
         t0 = time.perf_counter()
-        losses.append(step())
+        losses.append(update(forward()))
         times.append(time.perf_counter() - t0)
     times.sort()
-    return {"train step": times[len(times) // 2], "train losses": losses, "peak_kib": rss_kib("VmHWM")}
+    return {"train step": times[len(times) // 2], "train losses": losses, "activation_kib": activation,
+            "peak_kib": rss_kib("VmHWM")}
 
 
 def test_image(size):

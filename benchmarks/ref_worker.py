@@ -303,14 +303,16 @@ def job_train(job):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1)
     ids = torch.from_numpy(common.train_batch(job))
 
-    def step():
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    def forward():
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
+
+    def update(loss):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         return float(loss.detach())
 
-    res = common.train_timing(step, job)
+    res = common.train_timing(forward, update, job)
     res["baseline_kib"] = base
     res["param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     return res

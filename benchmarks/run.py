@@ -340,8 +340,8 @@ class Runner:
 
     def suite_train(self):
         """One optimizer step (forward with labels, backward, AdamW) of the lm config, without and with recompute:
-        tokens/s, peak RSS above the RSS after imports, and the activation memory = that peak minus 4 x the parameter
-        bytes (weights, gradients, Adam's two moments), whose ratio without/with recompute is the recompute cut."""
+        tokens/s, peak RSS above the RSS after imports, and the activation memory (the RSS growth over the first
+        forward, common.train_timing), whose ratio without/with recompute is the recompute cut."""
         p = self.params
         shape = f"{p['train_batch']}x{p['train_len']}"
         tokens = p["train_batch"] * p["train_len"]
@@ -357,9 +357,9 @@ class Runner:
             self.add(f"train tokens/s{suffix}", tps[0], tps[1], "tok/s", higher_better=True, fmt="{:.0f}")
             peak = [None if r is None else (r["peak_kib"] - r["baseline_kib"]) * 1024 for r in (ours, ref)]
             self.add(f"train peak RSS{suffix}", *[None if v is None else v / 1e9 for v in peak], "GB")
-            act = [None if v is None else v - 4 * r["param_bytes"] for v, r in zip(peak, (ours, ref))]
-            self.add(f"train activation memory (peak - 4 x parameter bytes){suffix}",
-                     *[None if v is None else v / 1e9 for v in act], "GB")
+            act = [None if r is None else r["activation_kib"] * 1024 for r in (ours, ref)]
+            self.add(f"train activation memory (first forward){suffix}", *[None if v is None else v / 1e9 for v in act],
+                     "GB")
             activations[recompute] = act
             losses[recompute] = [None if r is None else r["train losses"] for r in (ours, ref)]
         cut = [None if a is None or b is None or b <= 0 else a / b for a, b in zip(activations[False], activations[True])]
