@@ -185,3 +185,13 @@ def test_feature_files_refuse_pickles_and_bad_fields(tmp_path):
         write_feature(str(path), {"name": "a", "texts": "t"}, np.zeros((2, 2), np.float32))
     with pytest.raises(FileNotFoundError):
         read_feature(tmp_path / "none.npz")
+
+
+def test_missing_vision_tokenizer_is_named_before_anything_is_written(sft_dir, tmp_path):
+    from paddlemix.examples.emu3 import prepare_data
+
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="cannot load the vision tokenizer from .*no_model"):
+        prepare_data.main(["--model_path", str(tmp_path / "no_model"), "--data_path", str(sft_dir / "data.json"),
+                           "--output_path", str(out)])
+    assert not out.exists()

@@ -108,8 +108,11 @@ def main(argv=None):
     model = processor = None
     if any(item.image is not None for item in todo):
         set_cpu_threads(args.threads)
-        processor = Emu3VisionVQImageProcessor.from_pretrained(args.model_path)
-        model = Emu3VisionVQModel.from_pretrained(args.model_path, dtype=args.dtype)
+        try:
+            processor = Emu3VisionVQImageProcessor.from_pretrained(args.model_path)
+            model = Emu3VisionVQModel.from_pretrained(args.model_path, dtype=args.dtype)
+        except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+            raise type(e)(f"cannot load the vision tokenizer from {args.model_path}: {e}") from None
         model.eval()
 
     failed = {}
