@@ -149,6 +149,18 @@ def _resume_into(model, path, expected):
     model._load_checkpoint(checkpoint_files(path), str(model.dtype).replace("paddle.", ""))
 
 
+class _Loss(paddle.nn.Layer):
+    """The model's loss as the forward output (``paddle.DataParallel`` finds the tensors to reduce for in the
+    output, which must be a tensor, list or dict)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels):
+        return self.model(input_ids, attention_mask=attention_mask, labels=labels).loss
+
+
 def train(model, dataset, config):
     """Fine-tune ``model`` (an ``Emu3ForCausalLM``) on ``dataset``; returns the per-step log (list of dicts).
 
@@ -202,13 +214,13 @@ def train(model, dataset, config):
     if resume_path is not None:
         load_optimizer_state(resume_path, model, optimizer)
     params = [p for p in model.parameters() if not p.stop_gradient]
-    runner = model
+    runner = _Loss(model)
     if config.sharding:
         from paddle.distributed.sharding import group_sharded_parallel
 
-        runner, optimizer, _ = group_sharded_parallel(model, optimizer, level=SHARDING_LEVELS[config.sharding])
+        runner, optimizer, _ = group_sharded_parallel(runner, optimizer, level=SHARDING_LEVELS[config.sharding])
     elif world > 1:
-        runner = paddle.DataParallel(model)
+        runner = paddle.DataParallel(runner)
 
     # ---- the loop
     logger.info("training: %d samples, %d steps (%d per epoch), global batch %d = %d x %d accumulation x %d "
@@ -229,9 +241,7 @@ def train(model, dataset, config):
             sync = a == accumulation - 1 or world == 1 or config.sharding
             with contextlib.nullcontext() if sync else runner.no_sync():
                 with paddle.amp.auto_cast(enable=config.bf16, dtype="bfloat16", level="O1"):
-                    loss = runner(paddle.to_tensor(batch["input_ids"]),
-                                  attention_mask=paddle.to_tensor(batch["attention_mask"]),
-                                  labels=paddle.to_tensor(batch["labels"])).loss
+                    loss = runner(*(paddle.to_tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels")))
                 (loss / accumulation).backward()
             losses.append(float(loss))
         if config.max_grad_norm > 0 and grad_clip is None:
