@@ -90,7 +90,7 @@ def load_trainer_state(path):
 def load_optimizer_state(path, model, optimizer):
     """Fill AdamW's state from ``optimizer.safetensors`` of a checkpoint (created first, as the first step would)."""
     params = dict(model.named_parameters())
-    optimizer._create_accumulators(None, list(params.values()))
+    optimizer._create_accumulators(paddle.static.default_main_program().global_block(), list(params.values()))
     current = _optimizer_tensors(model, optimizer)
     with SafetensorsFile(os.path.join(path, OPTIMIZER_NAME)) as st:
         saved = set(st.keys())
