@@ -353,7 +353,7 @@ class Emu3Model(nn.Layer):
                 if fused:
                     hidden = layer.decode_step(hidden, position_ids, inv_freq, attn_mask, cache)
                 elif training and self.gradient_checkpointing:
-                    hidden = recompute(layer, hidden, position_ids, inv_freq, attn_mask, None)
+                    hidden = recompute(layer, hidden, position_ids, inv_freq, attn_mask, None, use_reentrant=False)
                 else:
                     hidden = layer(hidden, position_ids, inv_freq, attn_mask, cache)
         if cache is not None:
@@ -418,7 +418,7 @@ def causal_lm_loss(hidden, lm_head_weight, labels, chunk_rows=LOSS_CHUNK_ROWS):
     total = paddle.zeros([], "float32")
     for i in range(0, targets.shape[0], chunk_rows):
         args = (hidden[i: i + chunk_rows], lm_head_weight, targets[i: i + chunk_rows])
-        total = total + (recompute(_chunk_loss_sum, *args) if grad else _chunk_loss_sum(*args))
+        total = total + (recompute(_chunk_loss_sum, *args, use_reentrant=False) if grad else _chunk_loss_sum(*args))
     return total / count if count else total * float("nan")
 
 

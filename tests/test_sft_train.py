@@ -1,0 +1,158 @@
+"""Fine-tuning parity with the original train.py (sft/ fixtures: run A batch 4, run B accumulation 2), exact resume,
+and clear errors. Tolerances from sft/README.md section 5."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import paddle
+import pytest
+
+from paddlemix.examples.emu3 import train_sft
+from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
+from paddlemix.trainer import trainer as trainer_module
+from paddlemix.trainer.optimization import decay_parameter_names
+from sft_support import load_log, read_weights, reference_argv, write_model, write_prepared, write_sample_order
+
+
+@pytest.fixture(scope="module")
+def setup(fixtures_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    sft = fixtures_dir / "sft"
+    log_a, log_b = load_log(str(sft)), load_log(str(sft), accumulation=True)
+    return {
+        "root": root,
+        "sft": sft,
+        "tokenizer": str(fixtures_dir / "tokenizer"),
+        "list": write_prepared(str(sft), str(root / "prepared")),
+        "model": write_model(str(fixtures_dir), str(root / "model"), log_a["attention_dropout"]),
+        "logs": {"A": log_a, "B": log_b},
+        "orders": {"A": write_sample_order(log_a, str(root / "order_a.json")),
+                   "B": write_sample_order(log_b, str(root / "order_b.json"))},
+    }
+
+
+def argv(setup, run, out, overrides=()):
+    return reference_argv(setup["logs"][run], setup["model"], setup["list"], str(out), setup["tokenizer"],
+                          setup["orders"][run], [("--disable_tqdm", "True")] + list(overrides))
+
+
+def history(out):
+    with open(os.path.join(out, "trainer_state.json"), encoding="utf-8") as f:
+        return json.load(f)["log_history"]
+
+
+def check_against_reference(setup, run, out, trained):
+    steps = setup["logs"][run]["steps"]
+    got = history(out)
+    assert [r["step"] for r in got] == [s["step"] for s in steps]
+    for r, s in zip(got, steps):
+        assert abs(r["loss"] - s["loss_exact"]) <= 5e-6, (r, s["loss_exact"])
+        assert abs(r["grad_norm"] / s["grad_norm_logged"] - 1) <= 2e-6, (r, s["grad_norm_logged"])
+        assert r["learning_rate"] == s["learning_rate_used"]
+    ref, mine = read_weights(str(setup["sft"] / trained / "model.safetensors")), read_weights(
+        os.path.join(out, "model.safetensors"))
+    assert set(ref) == set(mine)
+    for key in ref:
+        np.testing.assert_allclose(mine[key], ref[key], rtol=0, atol=5e-6, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def run_a(setup):
+    out = setup["root"] / "run_a"
+    assert train_sft.main(argv(setup, "A", out)) == 0
+    return out
+
+
+def test_run_a_matches_original(setup, run_a):
+    check_against_reference(setup, "A", str(run_a), "trained")
+    model = Emu3ForCausalLM.from_pretrained(str(run_a))  # the final model loads as any checkpoint
+    with open(setup["sft"] / "trained" / "config.json", encoding="utf-8") as f:
+        assert model.config.max_position_embeddings == json.load(f)["max_position_embeddings"]
+
+
+def test_run_b_gradient_accumulation_matches_original(setup):
+    out = setup["root"] / "run_b"
+    assert train_sft.main(argv(setup, "B", out)) == 0
+    check_against_reference(setup, "B", str(out), "trained_accum")
+
+
+def test_decay_set_and_first_step_gradients(setup):
+    """The decay groups of the reference optimizer, and the first backward's gradients (before clipping)."""
+    log = setup["logs"]["A"]
+    model = Emu3ForCausalLM.from_pretrained(setup["model"])
+    assert sorted(decay_parameter_names(model)) == sorted(log["weight_decay"]["decayed"])
+    refs = np.load(setup["sft"] / "dataset_refs.npz")
+    order = log["steps"][0]["microbatch_sample_order"][0]
+    model.train()
+    loss = model(paddle.to_tensor(refs["input_ids"][order]), attention_mask=paddle.to_tensor(refs["attention_mask"][order]),
+                 labels=paddle.to_tensor(refs["labels_only_vision"][order])).loss
+    assert abs(float(loss) - log["steps"][0]["loss_exact"]) <= 5e-6
+    loss.backward()
+    grads = np.load(setup["sft"] / "first_step_grads.npz")
+    params = dict(model.named_parameters())
+    linear = model._linear_weight_names()
+    for key in grads.files:
+        g = params[key].grad.numpy()
+        np.testing.assert_allclose(g.T if key in linear else g, grads[key], rtol=0, atol=5e-7, err_msg=key)
+
+
+def test_resume_is_exact(setup, run_a, monkeypatch):
+    """A run killed during step 3 and started again equals the uninterrupted run (losses and weights, bitwise)."""
+    out = setup["root"] / "interrupted"
+    extra = [("--save_steps", "1"), ("--save_strategy", "steps"), ("--save_total_limit", "1")]
+    calls = {"n": 0}
+    real_collate = trainer_module.collate
+
+    def failing_collate(samples):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed during step 3")
+        return real_collate(samples)
+
+    monkeypatch.setattr(trainer_module, "collate", failing_collate)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft.main(argv(setup, "A", out, extra))
+    assert sorted(os.listdir(out)) == ["checkpoint-2"]  # save_total_limit 1 removed checkpoint-1
+    assert os.path.isfile(out / "checkpoint-2" / "DONE")
+    Emu3ForCausalLM.from_pretrained(str(out / "checkpoint-2"))
+    monkeypatch.setattr(trainer_module, "collate", real_collate)
+    assert train_sft.main(argv(setup, "A", out, extra)) == 0
+    keys = ("step", "loss", "learning_rate", "grad_norm")
+    assert [[r[k] for k in keys] for r in history(str(out))] == [[r[k] for k in keys] for r in history(str(run_a))]
+    ref, mine = read_weights(str(run_a / "model.safetensors")), read_weights(str(out / "model.safetensors"))
+    for key in ref:
+        np.testing.assert_array_equal(mine[key], ref[key], err_msg=key)
+
+
+def test_checkpoint_of_another_model_is_refused(setup, run_a, tmp_path):
+    out = tmp_path / "other"
+    shutil.copytree(run_a, out / "checkpoint-1", ignore=shutil.ignore_patterns("checkpoint-*"))
+    cfg = json.loads((out / "checkpoint-1" / "config.json").read_text())
+    cfg["hidden_size"] *= 2
+    (out / "checkpoint-1" / "config.json").write_text(json.dumps(cfg))
+    (out / "checkpoint-1" / "DONE").write_text("1\n")
+    with pytest.raises(ValueError, match="checkpoint of another model"):
+        train_sft.main(argv(setup, "A", out))
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    ([("--bf16", "True")], ValueError, "needs a GPU"),
+    ([("--sharding", "stage2")], ValueError, "needs GPUs"),
+    ([("--per_device_train_batch_size", "8")], ValueError, "fewer than one global batch"),
+    ([("--max_position_embeddings", "40")], ValueError, "more than model_max_length"),
+    ([("--data_path", "/nonexistent/train.json")], FileNotFoundError, "data list not found"),
+    ([("--sample_order", "/nonexistent/order.json")], FileNotFoundError, "--sample_order"),
+])
+def test_bad_arguments_fail_before_training(setup, tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match):
+        train_sft.main(argv(setup, "A", tmp_path / "out", overrides))
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_sample_order_is_checked(setup, tmp_path):
+    bad = tmp_path / "order.json"
+    bad.write_text(json.dumps([[0, 1, 2, 9]]))
+    with pytest.raises(ValueError, match="sample_order"):
+        train_sft.main(argv(setup, "A", tmp_path / "out", [("--sample_order", str(bad))]))
