@@ -197,10 +197,12 @@ def job_memory(job):
 
 def job_train(job):
     """One optimizer step of a plain training loop, the same work as the reference's: forward with labels (the
-    model's chunked float32 loss), backward, paddle.optimizer.AdamW with the reference's hyper-parameters, gradients
-    released after the step; recompute per decoder layer with job["recompute"]."""
-    import numpy as np
+    model's chunked float32 loss), backward, the trainer's AdamW (``build_optimizer``: paddle.optimizer.AdamW, no
+    decay on the RMSNorm weights) with the reference's hyper-parameters, gradients cleared as the trainer does;
+    recompute per decoder layer with job["recompute"]."""
     import paddle
+
+    from paddlemix.trainer.optimization import build_optimizer
 
     set_threads(job["threads"])
     base = common.rss_kib("VmRSS")
@@ -208,9 +210,7 @@ def job_train(job):
     model.train()
     if job["recompute"]:
         model.gradient_checkpointing_enable()
-    params = model.parameters()
-    optimizer = paddle.optimizer.AdamW(learning_rate=1e-5, parameters=params, beta1=0.9, beta2=0.95, epsilon=1e-6,
-                                       weight_decay=0.1)
+    optimizer, _, _ = build_optimizer(model, 1e-5, 0.1, (0.9, 0.95), 1e-6)
     ids = paddle.to_tensor(common.train_batch(job))
 
     def forward():
@@ -219,12 +219,11 @@ def job_train(job):
     def update(loss):
         loss.backward()
         optimizer.step()
-        optimizer.clear_grad(set_to_zero=False)
+        optimizer.clear_grad()
         return float(loss)
 
     res = common.train_timing(forward, update, job)
     res["baseline_kib"] = base
-    res["param_bytes"] = int(sum(int(np.prod(p.shape)) * p.element_size() for p in params))
     return res
 
 

@@ -290,8 +290,9 @@ def job_memory(job):
 
 def job_train(job):
     """One optimizer step of a plain training loop: forward with labels (transformers' causal-LM loss), backward,
-    torch.optim.AdamW (the Trainer's optimizer and hyper-parameters of the original's t2i_sft.sh), gradients freed
-    after the step (zero_grad's default); gradient checkpointing per decoder layer with job["recompute"]."""
+    torch.optim.AdamW as the Trainer builds it (hyper-parameters of the original's t2i_sft.sh, no decay on the
+    RMSNorm weights), gradients freed after the step (zero_grad's default); gradient checkpointing per decoder
+    layer with job["recompute"]."""
     import torch
 
     torch.set_num_threads(job["threads"])
@@ -300,7 +301,10 @@ def job_train(job):
     model.train()
     if job["recompute"]:
         model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1)
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=1e-5, betas=(0.9, 0.95), eps=1e-6)
     ids = torch.from_numpy(common.train_batch(job))
 
     def forward():
@@ -314,7 +318,6 @@ def job_train(job):
 
     res = common.train_timing(forward, update, job)
     res["baseline_kib"] = base
-    res["param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     return res
 
 
