@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from paddlemix.models.emu3 import Emu3VisionVQImageProcessor
-from paddlemix.trainer.data_prep import area_resize, load_pixels, read_input_list, read_feature, write_feature
+from paddlemix.models.emu3.tokenization_emu3 import Emu3Tokenizer
+from paddlemix.trainer.datasets import Emu3FeatureDataset
+from paddlemix.trainer.data_prep import area_resize, load_pixels, read_feature, read_input_list, write_feature
 
 from conftest import REPO_ROOT
 
@@ -63,6 +65,14 @@ def test_codes_and_list_match_the_original(fixtures_dir, sft_dir, image_area, fe
             assert npz["images"].dtype == np.int64
             np.testing.assert_array_equal(npz["images"], refs[f"codes_{sample['name']}"])
             assert str(npz["name"]) == sample["name"] and str(npz["texts"]) == sample["text"]
+    # what the training dataset makes of them: the original Emu3FeatureDataset's ids and labels
+    refs_ds = np.load(sft_dir / "dataset_refs.npz")
+    tokenizer = Emu3Tokenizer.from_pretrained(str(fixtures_dir / "tokenizer"), padding_side="right")
+    dataset = Emu3FeatureDataset(str(out / "list" / "train.json"), tokenizer, int(refs_ds["model_max_length"]),
+                                 null_prompt_prob=0.0, apply_loss_on_only_vision=True)
+    for i in range(len(names)):
+        np.testing.assert_array_equal(dataset[i]["input_ids"], refs_ds["input_ids"][i])
+        np.testing.assert_array_equal(dataset[i]["labels"], refs_ds["labels_only_vision"][i])
 
     # a re-run skips what is written; a truncated file (an interrupted write elsewhere) is prepared again
     broken = out / "feature" / f"{names[0]}.npz"
