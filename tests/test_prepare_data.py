@@ -13,8 +13,8 @@ from PIL import Image
 
 from paddlemix.models.emu3 import Emu3VisionVQImageProcessor
 from paddlemix.models.emu3.tokenization_emu3 import Emu3Tokenizer
-from paddlemix.trainer.datasets import Emu3FeatureDataset
 from paddlemix.trainer.data_prep import area_resize, load_pixels, read_feature, read_input_list, write_feature
+from paddlemix.trainer.datasets import Emu3FeatureDataset
 
 from conftest import REPO_ROOT
 
