@@ -156,3 +156,18 @@ def test_sample_order_is_checked(setup, tmp_path):
     bad.write_text(json.dumps([[0, 1, 2, 9]]))
     with pytest.raises(ValueError, match="sample_order"):
         train_sft.main(argv(setup, "A", tmp_path / "out", [("--sample_order", str(bad))]))
+
+
+def test_deepspeed_config_maps_to_sharding(setup, tmp_path, caplog):
+    """The original's --deepspeed zero3.json becomes --sharding stage3 (refused on a CPU, where it cannot run)."""
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with caplog.at_level("INFO"), pytest.raises(ValueError, match="--sharding needs GPUs"):
+        train_sft.main(argv(setup, "A", tmp_path / "out", [("--deepspeed", str(zero3))]))
+    assert "--sharding stage3" in caplog.text
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        train_sft.parse_args(["--help"])
+    assert e.value.code == 0 and "--per_device_train_batch_size" in capsys.readouterr().out
