@@ -91,7 +91,7 @@ def parse_args(argv=None):
     a("--eval_strategy")
     a("--save_strategy", choices=["no", "steps", "epoch"])
     a("--dataloader_num_workers", type=int)
-    a("--report_to")
+    a("--report_to", nargs="+")
     a("--run_name")
     a("--attn_type")
     a("--use_cpu", type=str2bool)
@@ -129,8 +129,9 @@ def map_trainer_flags(args):
         logger.info("--save_strategy %s: checkpoints every --save_steps %d steps", args.save_strategy, args.save_steps)
     if args.dataloader_num_workers:
         logger.info("--dataloader_num_workers ignored: samples are formatted in the training process")
-    if args.report_to not in (None, "none"):
-        logger.info("--report_to %s ignored: losses go to the log and OUTPUT_DIR/trainer_state.json", args.report_to)
+    if args.report_to and args.report_to != ["none"]:
+        logger.info("--report_to %s ignored: losses go to the log and OUTPUT_DIR/trainer_state.json",
+                    " ".join(args.report_to))
     if args.run_name:
         logger.info("--run_name %s ignored", args.run_name)
     if args.attn_type is not None:
