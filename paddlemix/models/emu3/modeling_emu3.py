@@ -14,7 +14,6 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
-
 from paddle.distributed.fleet.utils import recompute
 
 from ... import ops
@@ -41,7 +40,7 @@ def attention_backend(dtype, needs_cache_or_mask, training=False):
       neither repeated nor transposed K/V is ever materialised. It replaces Paddle 3.3's CPU
       ``scaled_dot_product_attention``, which measured 10-20x slower per decode step (it expands K/V and
       transposes a ``[B, S, H, D]`` cache on every call). Same math as the original's eager attention.
-    * "train" (training with gradients, no cache): the "math" attention without in-place ops and without the
+    * "train" (the model in train mode): the "math" attention without in-place ops and without the
       extension's softmax (which has no backward), with dropout on the attention probabilities as the original's
       eager attention. Flash attention also serves training where it runs (it takes the dropout rate itself).
     """
@@ -87,9 +86,12 @@ def grouped_attention(q, keys, values, attn_mask, dropout=None):
 
 def training_softmax(scores, attn_mask, scale, q_len):
     """``ops.masked_softmax_`` out of place (for autograd): softmax(scores * scale + mask) in float32 over scores
-    [B, Hk, g * L, S] with an additive mask None or [B or 1, 1, L, S] (broadcast over the heads and groups)."""
+    [B, Hk, g * L, S] with an additive mask None, [B or 1, 1, L, S] (broadcast over the heads and groups) or of the
+    scores' shape."""
     scores = scores * scale
-    if attn_mask is not None:
+    if attn_mask is not None and attn_mask.shape[1] != 1:
+        scores = scores + attn_mask
+    elif attn_mask is not None:
         b, hk, rows, s = scores.shape
         scores = (scores.reshape([b, hk * rows // q_len, q_len, s]) + attn_mask).reshape([b, hk, rows, s])
     return F.softmax(to_float32(scores), axis=-1)
