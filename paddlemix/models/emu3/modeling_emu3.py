@@ -102,6 +102,16 @@ def to_float32(x):
     return x if x.dtype == paddle.float32 else x.astype("float32")
 
 
+def padding_row_frozen(embeddings, input_ids, pad_token_id):
+    """The embeddings with no gradient flowing into the pad token's row, as the original's
+    ``nn.Embedding(..., padding_idx=pad_token_id)`` (same values: the row itself is looked up, only its gradient
+    is cut), so training never moves that row."""
+    if pad_token_id is None:
+        return embeddings
+    is_pad = (input_ids == pad_token_id).unsqueeze(-1)
+    return paddle.where(is_pad, embeddings.detach(), embeddings)
+
+
 def rope_inv_freq(config, kv_len):
     """1 / theta^(2i/D) as float32 numpy, with the original's linear or dynamic-NTK scaling applied.
 
@@ -366,16 +376,6 @@ class Emu3Model(nn.Layer):
         if output_hidden_states:
             all_hidden.append(hidden)
         return hidden, all_hidden
-
-
-def padding_row_frozen(embeddings, input_ids, pad_token_id):
-    """The embeddings with no gradient flowing into the pad token's row, as the original's
-    ``nn.Embedding(..., padding_idx=pad_token_id)`` (same values: the row itself is looked up, only its gradient
-    is cut), so training never moves that row."""
-    if pad_token_id is None:
-        return embeddings
-    is_pad = (input_ids == pad_token_id).unsqueeze(-1)
-    return paddle.where(is_pad, embeddings.detach(), embeddings)
 
 
 def additive_mask(key_mask, q_len, past_len, dtype):
