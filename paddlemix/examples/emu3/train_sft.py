@@ -203,7 +203,9 @@ def main(argv=None):
     training.validate()  # before the model is loaded: --bf16 on a CPU, --sharding on a CPU, ...
     if training.sharding and world == 1:
         raise ValueError("--sharding needs several processes: start with python -m paddle.distributed.launch")
-    model = Emu3ForCausalLM.from_pretrained(args.model_name_or_path, config=config, dtype="float32")
+    # data parallel: every rank holds the whole model (tensor parallelism would otherwise follow the launch's world)
+    model = Emu3ForCausalLM.from_pretrained(args.model_name_or_path, config=config, dtype="float32",
+                                            tensor_parallel_degree=1)
     history = train(model, dataset, training)
     if rank == 0:
         tokenizer.save_pretrained(args.output_dir)
