@@ -156,3 +156,39 @@ def test_sample_order_is_checked(setup, tmp_path):
     bad.write_text(json.dumps([[0, 1, 2, 9]]))
     with pytest.raises(ValueError, match="sample_order"):
         train_sft.main(argv(setup, "A", tmp_path / "out", [("--sample_order", str(bad))]))
+
+
+def test_deepspeed_config_maps_to_sharding(setup, tmp_path, caplog):
+    """The original's --deepspeed zero3.json becomes --sharding stage3 (refused on a CPU, where it cannot run)."""
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with caplog.at_level("INFO"), pytest.raises(ValueError, match="--sharding needs GPUs"):
+        train_sft.main(argv(setup, "A", tmp_path / "out", [("--deepspeed", str(zero3))]))
+    assert "--sharding stage3" in caplog.text
+
+
+T2I_SFT_SH = """--model_name_or_path BAAI/Emu3-Gen --deepspeed {zero3} --data_path data.json --null_prompt_prob 0.05
+--apply_loss_on_only_vision True --apply_loss_on_only_text False --image_area 518400 --max_position_embeddings 10240
+--output_dir logs/Emu3-T2I-SFT-Trial --bf16 True --tf32 True --num_train_epochs 4 --per_device_train_batch_size 2
+--gradient_accumulation_steps 4 --eval_strategy no --save_strategy steps --save_steps 500 --save_total_limit 10
+--learning_rate 1e-5 --min_learning_rate 1e-6 --weight_decay 0.1 --max_grad_norm 5.0 --adam_beta1 0.9 --adam_beta2 0.95
+--adam_epsilon 1e-6 --warmup_steps 30 --lr_scheduler_type cosine_with_min_lr --logging_steps 1
+--gradient_checkpointing True --dataloader_num_workers 4 --report_to wandb tensorboard --run_name Emu3-T2I-SFT-Trial"""
+
+
+def test_original_t2i_sft_sh_flags_parse(tmp_path, caplog):
+    """Every flag of the original scripts/t2i_sft.sh is accepted; the Trainer-only ones are mapped or logged."""
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}, "bf16": {"enabled": "auto"}}))
+    args = train_sft.parse_args(T2I_SFT_SH.format(zero3=zero3).split())
+    with caplog.at_level("INFO"):
+        train_sft.map_trainer_flags(args)
+    assert args.sharding == "stage3" and args.bf16 and args.gradient_checkpointing and args.save_steps == 500
+    for flag in ("--deepspeed", "--tf32", "--dataloader_num_workers", "--report_to", "--run_name"):
+        assert flag in caplog.text
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        train_sft.parse_args(["--help"])
+    assert e.value.code == 0 and "--per_device_train_batch_size" in capsys.readouterr().out

@@ -27,16 +27,24 @@ import random
 
 import numpy as np
 
-from ..models.emu3.processing_emu3 import (
-    DEFAULT_CHAT_TEMPLATE,
-    DEFAULT_PREFIX_TEMPLATE,
-    DEFAULT_VISUAL_TEMPLATE,
-    format_image_prompt,
-)
+from ..models.emu3.processing_emu3 import DEFAULT_CHAT_TEMPLATE, DEFAULT_PREFIX_TEMPLATE, DEFAULT_VISUAL_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+
+
+def format_image_prompt(tokenizer, codes, visual_token_strings, prefix_template=DEFAULT_PREFIX_TEMPLATE):
+    """The text of an image given as its code grid ``[h, w]``: ``boi + "{h}*{w}" + img + rows of visual tokens
+    joined by eol + eol + eof + eoi``, where ``visual_token_strings[c]`` is code c's token.
+
+    It is ``Emu3Processor``'s image prompt of mode "U" (``build_prompts``, with ``codes_to_string``) and the
+    original training data's image string; written here without the processor because training loads no vision
+    tokenizer (the processor needs one)."""
+    h, w = np.asarray(codes).shape
+    rows = tokenizer.eol_token.join("".join(visual_token_strings[c] for c in row) for row in np.asarray(codes).tolist())
+    return (tokenizer.boi_token + prefix_template.format(H=h, W=w) + tokenizer.img_token + rows
+            + tokenizer.eol_token + tokenizer.eof_token + tokenizer.eoi_token)
 _KEYS = {"t2i": {"name", "texts", "images"}, "vqa": {"name", "texts", "images", "question", "answer"},
          "text": {"name", "texts"}}
 
@@ -140,7 +148,7 @@ class _PreparedDataset:
         raise NotImplementedError
 
     def image_prompt(self, codes):
-        return format_image_prompt(self.tokenizer, codes, DEFAULT_PREFIX_TEMPLATE, self.visual_token_strings)
+        return format_image_prompt(self.tokenizer, codes, self.visual_token_strings)
 
     def __getitem__(self, index):
         ids, labels = self.encode(load_feature(self.paths[index]))

@@ -24,7 +24,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
@@ -71,7 +71,6 @@ class TrainingConfig:
     sample_order: Optional[List[List[int]]] = None  # per epoch, the dataset indices in the order to train on
     disable_tqdm: bool = False
     resume: bool = True
-    extra_state: dict = field(default_factory=dict)
 
     def validate(self):
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
@@ -201,6 +200,11 @@ def train(model, dataset, config):
     model.train()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    save_steps = config.save_steps
+    if config.sharding and save_steps:
+        save_steps = 0
+        logger.warning("--sharding: no intermediate checkpoints (their optimizer state is sharded; resuming under "
+                       "sharding is not supported); the final model is saved")
     grad_clip = None
     if config.sharding and config.max_grad_norm > 0:
         grad_clip = paddle.nn.ClipGradByGlobalNorm(config.max_grad_norm)
@@ -211,6 +215,9 @@ def train(model, dataset, config):
         config.adam_epsilon, grad_clip)
     logger.info("AdamW: %d tensors with weight decay %g, %d without (%s)", len(decayed), config.weight_decay,
                 len(not_decayed), ", ".join(not_decayed[:4]) + (" ..." if len(not_decayed) > 4 else ""))
+    if config.bf16:  # bf16 weights and compute, float32 master weights in the optimizer (GPU only)
+        model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", dtype="bfloat16",
+                                               master_weight=True)
     if resume_path is not None:
         load_optimizer_state(resume_path, model, optimizer)
     params = [p for p in model.parameters() if not p.stop_gradient]
@@ -240,7 +247,7 @@ def train(model, dataset, config):
             tokens += int(batch["attention_mask"].sum())
             sync = a == accumulation - 1 or world == 1 or config.sharding
             with contextlib.nullcontext() if sync else runner.no_sync():
-                with paddle.amp.auto_cast(enable=config.bf16, dtype="bfloat16", level="O1"):
+                with paddle.amp.auto_cast(enable=config.bf16, dtype="bfloat16", level="O2"):
                     loss = runner(*(paddle.to_tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels")))
                 (loss / accumulation).backward()
             losses.append(float(loss))
@@ -262,12 +269,13 @@ def train(model, dataset, config):
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.3g}")
             logger.info("step %d/%d: loss %.6f, lr %.6g, grad_norm %.6g, %.0f tokens/s", step + 1, total_steps,
                         record["loss"], lr, grad_norm, record["tokens_per_second"])
-        if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < total_steps:
+        if save_steps and (step + 1) % save_steps == 0 and step + 1 < total_steps:
             if rank == 0:
-                save_checkpoint(config.output_dir, step + 1, model, optimizer,
-                                {"step": step + 1, "config": arithmetic, "log_history": history,
-                                 **config.extra_state},
-                                config.save_total_limit)
+                epoch, position = divmod(step + 1, steps_per_epoch)
+                state = {"step": step + 1, "epoch": epoch, "data_position": position * global_batch,
+                         "rng": "paddle and python generators seeded from (seed, step, micro-batch)",
+                         "config": arithmetic, "log_history": history}
+                save_checkpoint(config.output_dir, step + 1, model, optimizer, state, config.save_total_limit)
             if world > 1:
                 dist.barrier()
     bar.close()

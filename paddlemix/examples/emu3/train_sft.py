@@ -91,7 +91,7 @@ def parse_args(argv=None):
     a("--eval_strategy")
     a("--save_strategy", choices=["no", "steps", "epoch"])
     a("--dataloader_num_workers", type=int)
-    a("--report_to")
+    a("--report_to", nargs="+")
     a("--run_name")
     a("--attn_type")
     a("--use_cpu", type=str2bool)
@@ -129,8 +129,9 @@ def map_trainer_flags(args):
         logger.info("--save_strategy %s: checkpoints every --save_steps %d steps", args.save_strategy, args.save_steps)
     if args.dataloader_num_workers:
         logger.info("--dataloader_num_workers ignored: samples are formatted in the training process")
-    if args.report_to not in (None, "none"):
-        logger.info("--report_to %s ignored: losses go to the log and OUTPUT_DIR/trainer_state.json", args.report_to)
+    if args.report_to and args.report_to != ["none"]:
+        logger.info("--report_to %s ignored: losses go to the log and OUTPUT_DIR/trainer_state.json",
+                    " ".join(args.report_to))
     if args.run_name:
         logger.info("--run_name %s ignored", args.run_name)
     if args.attn_type is not None:
@@ -202,7 +203,9 @@ def main(argv=None):
     training.validate()  # before the model is loaded: --bf16 on a CPU, --sharding on a CPU, ...
     if training.sharding and world == 1:
         raise ValueError("--sharding needs several processes: start with python -m paddle.distributed.launch")
-    model = Emu3ForCausalLM.from_pretrained(args.model_name_or_path, config=config, dtype="float32")
+    # data parallel: every rank holds the whole model (tensor parallelism would otherwise follow the launch's world)
+    model = Emu3ForCausalLM.from_pretrained(args.model_name_or_path, config=config, dtype="float32",
+                                            tensor_parallel_degree=1)
     history = train(model, dataset, training)
     if rank == 0:
         tokenizer.save_pretrained(args.output_dir)

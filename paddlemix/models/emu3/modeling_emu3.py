@@ -14,7 +14,6 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
-
 from paddle.distributed.fleet.utils import recompute
 
 from ... import ops
@@ -41,7 +40,7 @@ def attention_backend(dtype, needs_cache_or_mask, training=False):
       neither repeated nor transposed K/V is ever materialised. It replaces Paddle 3.3's CPU
       ``scaled_dot_product_attention``, which measured 10-20x slower per decode step (it expands K/V and
       transposes a ``[B, S, H, D]`` cache on every call). Same math as the original's eager attention.
-    * "train" (training with gradients, no cache): the "math" attention without in-place ops and without the
+    * "train" (the model in train mode): the "math" attention without in-place ops and without the
       extension's softmax (which has no backward), with dropout on the attention probabilities as the original's
       eager attention. Flash attention also serves training where it runs (it takes the dropout rate itself).
     """
@@ -87,9 +86,12 @@ def grouped_attention(q, keys, values, attn_mask, dropout=None):
 
 def training_softmax(scores, attn_mask, scale, q_len):
     """``ops.masked_softmax_`` out of place (for autograd): softmax(scores * scale + mask) in float32 over scores
-    [B, Hk, g * L, S] with an additive mask None or [B or 1, 1, L, S] (broadcast over the heads and groups)."""
+    [B, Hk, g * L, S] with an additive mask None, [B or 1, 1, L, S] (broadcast over the heads and groups) or of the
+    scores' shape."""
     scores = scores * scale
-    if attn_mask is not None:
+    if attn_mask is not None and attn_mask.shape[1] != 1:
+        scores = scores + attn_mask
+    elif attn_mask is not None:
         b, hk, rows, s = scores.shape
         scores = (scores.reshape([b, hk * rows // q_len, q_len, s]) + attn_mask).reshape([b, hk, rows, s])
     return F.softmax(to_float32(scores), axis=-1)
@@ -98,6 +100,16 @@ def training_softmax(scores, attn_mask, scale, q_len):
 def to_float32(x):
     """x in float32 (no copy when it already is)."""
     return x if x.dtype == paddle.float32 else x.astype("float32")
+
+
+def padding_row_frozen(embeddings, input_ids, pad_token_id):
+    """The embeddings with no gradient flowing into the pad token's row, as the original's
+    ``nn.Embedding(..., padding_idx=pad_token_id)`` (same values: the row itself is looked up, only its gradient
+    is cut), so training never moves that row."""
+    if pad_token_id is None:
+        return embeddings
+    is_pad = (input_ids == pad_token_id).unsqueeze(-1)
+    return paddle.where(is_pad, embeddings.detach(), embeddings)
 
 
 def rope_inv_freq(config, kv_len):
@@ -364,16 +376,6 @@ class Emu3Model(nn.Layer):
         if output_hidden_states:
             all_hidden.append(hidden)
         return hidden, all_hidden
-
-
-def padding_row_frozen(embeddings, input_ids, pad_token_id):
-    """The embeddings with no gradient flowing into the pad token's row, as the original's
-    ``nn.Embedding(..., padding_idx=pad_token_id)`` (same values: the row itself is looked up, only its gradient
-    is cut), so training never moves that row."""
-    if pad_token_id is None:
-        return embeddings
-    is_pad = (input_ids == pad_token_id).unsqueeze(-1)
-    return paddle.where(is_pad, embeddings.detach(), embeddings)
 
 
 def additive_mask(key_mask, q_len, past_len, dtype):

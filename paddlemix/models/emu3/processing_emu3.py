@@ -45,29 +45,6 @@ def calculate_generate_size(ratio, image_area, spatial_factor):
     return th, tw
 
 
-def codes_to_string(tokenizer, codes, visual_token_strings):
-    """The visual-token text of a code grid ``[h, w]`` (``visual_token_strings[c]`` is code c's token): each row's
-    tokens, rows joined by eol."""
-    rows = np.asarray(codes).tolist()
-    return tokenizer.eol_token.join("".join([visual_token_strings[c] for c in row]) for row in rows)
-
-
-def format_image_prompt(tokenizer, codes, prefix_template, visual_token_strings):
-    """The text of an image given as its code grid ``[h, w]``:
-    ``boi + "{h}*{w}" + img + rows joined by eol + eol + eof + eoi`` (the understanding prompt's image, and the
-    original training data's image string). Needs no vision tokenizer, so training on prepared codes uses it too."""
-    h, w = np.asarray(codes).shape
-    return (
-        tokenizer.boi_token
-        + prefix_template.format(H=h, W=w)
-        + tokenizer.img_token
-        + codes_to_string(tokenizer, codes, visual_token_strings)
-        + tokenizer.eol_token
-        + tokenizer.eof_token
-        + tokenizer.eoi_token
-    )
-
-
 class Emu3Processor:
     """Prepares Emu3 inputs from text and PIL images, and decodes Emu3 outputs.
 
@@ -197,7 +174,15 @@ class Emu3Processor:
             images = self._check_images(image, len(texts))
             for text_prompt, codes in zip(texts, self.tokenize_image(images, padding_image=padding_image)):
                 h, w = codes.shape
-                image_prompt = format_image_prompt(tok, codes, self.prefix_template, self.visual_token_strings)
+                image_prompt = (
+                    tok.boi_token
+                    + self.prefix_template.format(H=h, W=w)
+                    + tok.img_token
+                    + self.codes_to_string(codes)
+                    + tok.eol_token
+                    + tok.eof_token
+                    + tok.eoi_token
+                )
                 prompts.append(tok.bos_token + self.chat_template.format(image_prompt=image_prompt, text_prompt=text_prompt))
                 sizes.append((h, w))
         return prompts, sizes
@@ -227,7 +212,8 @@ class Emu3Processor:
 
     def codes_to_string(self, codes):
         """The visual-token text of a code grid ``[h, w]``: each row's tokens, rows joined by eol."""
-        return codes_to_string(self.tokenizer, codes, self.visual_token_strings)
+        strings = self.visual_token_strings
+        return self.tokenizer.eol_token.join("".join([strings[c] for c in row]) for row in np.asarray(codes).tolist())
 
     def tokenize_image(self, images, padding_image=False):
         """Code grids (numpy int64 ``[h, w]``, one per image) of PIL images.
