@@ -256,6 +256,16 @@ def test_processor_prompt_ids(processor, hf_refs, refs, fixtures_dir):
     np.testing.assert_array_equal(plain["input_ids"], ref_u["input_ids"])
 
 
+def test_processor_from_original_layout(fixtures_dir, refs):
+    """Emu3Processor.from_pretrained also builds the original layout (image_area from the LM config)."""
+    processor = Emu3Processor.from_pretrained(fixtures_dir / "llm", vq_model_path=fixtures_dir / "vision_tokenizer",
+                                              tokenizer_path=fixtures_dir / "tokenizer")
+    ref = refs("processor_G_single")
+    out = processor([str(t) for t in ref["text"]], mode="G", ratio="1:1", return_tensors="np")
+    np.testing.assert_array_equal(out["input_ids"], ref["input_ids"])
+    np.testing.assert_array_equal(out["image_size"], ref["image_size"])
+
+
 def test_placeholder_errors(processor, fixtures_dir):
     image = Image.open(fixtures_dir / "inputs" / "img_a.png")
     with pytest.raises(ValueError, match="2 images for 1 placeholders"):

@@ -174,22 +174,25 @@ class TokenizerJsonVocab:
             from tokenizers import Tokenizer
         except ImportError:
             raise ImportError(f"reading {tokenizer_file} needs the tokenizers package: pip install tokenizers") from None
-        spec = json.loads(open(tokenizer_file, encoding="utf-8").read())
+        with open(tokenizer_file, encoding="utf-8") as f:
+            spec = json.load(f)
         kinds = ((spec.get("model") or {}).get("type"), (spec.get("decoder") or {}).get("type"))
         if kinds != ("BPE", "ByteLevel"):
             raise ValueError(f"{tokenizer_file}: expected a byte-level BPE tokenizer (model BPE, decoder ByteLevel), "
                              f"got model {kinds[0]!r}, decoder {kinds[1]!r}")
-        self.encoding = Tokenizer.from_str(json.dumps(spec))
+        self.encoding = Tokenizer.from_file(tokenizer_file)
         added = {t["content"]: t for t in spec.get("added_tokens", [])}
         self.special_tokens = {token: t["id"] for token, t in added.items() if t.get("special")}
         to_byte = {c: b for b, c in bytes_to_unicode().items()}
         self.mergeable_ranks = {}
         self._bytes = {}
         for token, i in self.encoding.get_vocab(with_added_tokens=True).items():
-            if token in added:  # the ByteLevel decoder maps an added token's characters only when all are in its table
-                raw = bytes(to_byte[c] for c in token) if all(c in to_byte for c in token) else token.encode("utf-8")
-            else:
-                raw = bytes(to_byte[c] for c in token)
+            byte_level = all(c in to_byte for c in token)
+            if token not in added and not byte_level:
+                raise ValueError(f"{tokenizer_file}: BPE token {token!r} is not written in the byte-level alphabet")
+            # the ByteLevel decoder maps an added token's characters only when all are in its table
+            raw = bytes(to_byte[c] for c in token) if byte_level else token.encode("utf-8")
+            if token not in added:
                 self.mergeable_ranks[raw] = i
             self._bytes[i] = raw
         if sorted(self._bytes) != list(range(len(self._bytes))):
@@ -203,7 +206,8 @@ class TokenizerJsonVocab:
         return self.encoding.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts):
-        return [e.ids for e in self.encoding.encode_batch(texts, add_special_tokens=False)]
+        # one by one: the batch call starts the tokenizers thread pool, which then warns in every forked process
+        return [self.encode(t) for t in texts]
 
     def decode_bytes(self, ids):
         return b"".join(self._bytes[i] for i in ids)
