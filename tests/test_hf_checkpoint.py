@@ -111,6 +111,18 @@ def test_tokenizer_save_and_reload(tokenizer, hf_refs, tmp_path):
         tokenizer.bos_token_id, tokenizer.img_token_id, tokenizer.image_token_id)
 
 
+def test_added_token_not_marked_special(hf_dir, tmp_path):
+    """An added token with "special": false still encodes as one id, but decode(skip_special_tokens=True) keeps it."""
+    spec = json.loads(open(os.path.join(hf_dir, "tokenizer.json"), encoding="utf-8").read())
+    entry = next(t for t in spec["added_tokens"] if t["content"] == "<|im_start|>")
+    entry["special"] = False
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    tok = Emu3Tokenizer.from_pretrained(tmp_path)
+    ids = tok.encode("a<|im_start|>b<|im_end|>")
+    assert ids[1] == entry["id"] == tok.convert_tokens_to_ids("<|im_start|>") and len(ids) == 4
+    assert tok.decode(ids, skip_special_tokens=True) == "a<|im_start|>b"
+
+
 def test_tokenizer_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Emu3Tokenizer.from_pretrained(tmp_path)
