@@ -198,8 +198,9 @@ def job_memory(job):
 def job_train(job):
     """One optimizer step of a plain training loop, the same work as the reference's: forward with labels (the
     model's chunked float32 loss), backward, the trainer's AdamW (``build_optimizer``: paddle.optimizer.AdamW, no
-    decay on the RMSNorm weights) with the reference's hyper-parameters, gradients cleared as the trainer does;
-    recompute per decoder layer with job["recompute"]."""
+    decay on the RMSNorm weights) with the reference's hyper-parameters, gradients released after the step (as
+    torch's zero_grad does; Paddle's default clear_grad keeps them allocated and zeroed, one more parameter-size of
+    memory during the next forward); recompute per decoder layer with job["recompute"]."""
     import paddle
 
     from paddlemix.trainer.optimization import build_optimizer
@@ -219,7 +220,7 @@ def job_train(job):
     def update(loss):
         loss.backward()
         optimizer.step()
-        optimizer.clear_grad()
+        optimizer.clear_grad(set_to_zero=False)
         return float(loss)
 
     res = common.train_timing(forward, update, job)
