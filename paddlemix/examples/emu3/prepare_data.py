@@ -100,10 +100,10 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     items = read_input_list(args.data_path)
-    done = [item for item in items if is_prepared(feature_path(args.output_path, item.name), item)]
-    todo = [item for item in items if item not in done]
-    logger.info("%d samples in %s: %d already prepared, %d to prepare", len(items), args.data_path, len(done),
-                len(todo))
+    prepared = [is_prepared(feature_path(args.output_path, item.name), item) for item in items]
+    todo = [item for item, ready in zip(items, prepared) if not ready]
+    done = len(items) - len(todo)
+    logger.info("%d samples in %s: %d already prepared, %d to prepare", len(items), args.data_path, done, len(todo))
 
     model = processor = None
     if any(item.image is not None for item in todo):
@@ -116,7 +116,7 @@ def main(argv=None):
         model.eval()
 
     failed = {}
-    with tqdm(total=len(items), initial=len(done), desc="prepare_data", unit="sample") as bar:
+    with tqdm(total=len(items), initial=done, desc="prepare_data", unit="sample") as bar:
         encoder = Encoder(model, args.output_path, args.batch_size, bar)
         for item in todo:
             if item.image is None:
@@ -141,7 +141,7 @@ def main(argv=None):
 
     ready = [item.name for item in items if item.name not in failed]
     list_path = write_data_list(args.output_path, ready)
-    print(f"wrote {len(encoder.written)} samples, {len(done)} were already prepared, {len(failed)} skipped; "
+    print(f"wrote {len(encoder.written)} samples, {done} were already prepared, {len(failed)} skipped; "
           f"list of {len(ready)} samples: {list_path}")
     if failed:
         print(f"skipped (missing or unreadable image): {', '.join(failed)}")
