@@ -156,13 +156,16 @@ def read_input_list(data_path):
 
 def resolve_image_path(image, data_path):
     """The file an item's image path points at: as given (absolute, or relative to the current folder, as the
-    original), else relative to the JSON file's folder; None when neither exists."""
+    original), else relative to the JSON file's folder. FileNotFoundError naming the places tried when neither
+    exists."""
     if os.path.isabs(image):
-        return image if os.path.exists(image) else None
-    for candidate in (image, os.path.join(os.path.dirname(os.path.abspath(data_path)), image)):
+        candidates = [image]
+    else:
+        candidates = [image, os.path.join(os.path.dirname(os.path.abspath(data_path)), image)]
+    for candidate in candidates:
         if os.path.exists(candidate):
             return candidate
-    return None
+    raise FileNotFoundError(f"image not found: {' nor '.join(candidates)}")
 
 
 def feature_path(output_path, name):

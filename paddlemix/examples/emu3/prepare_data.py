@@ -124,13 +124,8 @@ def main(argv=None):
                 encoder.written.append(item.name)
                 bar.update(1)
                 continue
-            path = resolve_image_path(item.image, args.data_path)
             try:
-                if path is None:
-                    raise FileNotFoundError(
-                        f"image {item.image} not found (tried the current folder and the folder of {args.data_path})"
-                    )
-                pixels = load_pixels(path, processor, args.image_area)
+                pixels = load_pixels(resolve_image_path(item.image, args.data_path), processor, args.image_area)
             except (FileNotFoundError, ValueError) as e:
                 failed[item.name] = str(e)
                 logger.warning("skipping %s: %s", item.name, e)
