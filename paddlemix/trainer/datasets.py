@@ -24,6 +24,8 @@ import json
 import logging
 import os
 import random
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -80,7 +82,7 @@ def load_feature(path):
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
         raise ValueError(f"cannot read feature file {path} (an .npz without pickles): {e}") from None
     out = {}
     for key, value in data.items():
