@@ -21,17 +21,15 @@ longer than ``model_max_length``), so a bad sample is a clear error before train
 """
 
 import json
-import logging
 import os
 import random
 import zipfile
 import zlib
 
 import numpy as np
+from tqdm import tqdm
 
 from ..models.emu3.processing_emu3 import DEFAULT_CHAT_TEMPLATE, DEFAULT_PREFIX_TEMPLATE, DEFAULT_VISUAL_TEMPLATE
-
-logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -123,7 +121,8 @@ class _PreparedDataset:
                                  "larger than its vision vocabulary")
         self.bov = tokenizer.encode(self.visual_token_strings[0])[0]
         self.eov = tokenizer.encode(self.visual_token_strings[-1])[0]
-        self.lengths = [self._check(path) for path in self.paths]
+        checking = tqdm(self.paths, desc="checking samples", disable=len(self.paths) < 1000)
+        self.lengths = [self._check(path) for path in checking]
 
     def __len__(self):
         return len(self.paths)
