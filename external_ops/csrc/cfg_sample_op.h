@@ -34,8 +34,11 @@ std::vector<paddle::Tensor> CfgSampleForward(const paddle::Tensor& cond, const p
                          temperature};
     auto ws = paddle::empty({static_cast<int64_t>(pmx::cfg_sample_workspace_bytes(b, v))}, paddle::DataType::UINT8,
                             cond.place());
-    pmx::cfg_sample_cuda(cond.data(), uncond.data(), allowed.data<int64_t>(), random.data<float>(),
-                         out.data<int64_t>(), a, pmx_cuda_dtype(cond), ws.data(), cond.stream());
+    const int status =
+        pmx::cfg_sample_cuda(cond.data(), uncond.data(), allowed.data<int64_t>(), random.data<float>(),
+                             out.data<int64_t>(), a, pmx_cuda_dtype(cond), ws.data(), pmx_device(cond),
+                             pmx_stream(cond));
+    PMX_CHECK_LAUNCH(status, "cfg_sample");
 #else
     PMX_NO_CUDA("cfg_sample");
 #endif

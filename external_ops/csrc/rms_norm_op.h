@@ -18,7 +18,9 @@ std::vector<paddle::Tensor> RmsNormForward(const paddle::Tensor& x, const paddle
     pmx::rms_norm_cpu(x.data<float>(), weight.data<float>(), y.data<float>(), rows, hidden, eps);
   } else {
 #ifdef PADDLEMIX_WITH_CUDA
-    pmx::rms_norm_cuda(x.data(), weight.data(), y.data(), rows, hidden, eps, pmx_cuda_dtype(x), x.stream());
+    const int status = pmx::rms_norm_cuda(x.data(), weight.data(), y.data(), rows, hidden, eps, pmx_cuda_dtype(x),
+                                          pmx_device(x), pmx_stream(x));
+    PMX_CHECK_LAUNCH(status, "rms_norm");
 #else
     PMX_NO_CUDA("rms_norm");
 #endif

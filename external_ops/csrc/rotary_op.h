@@ -26,8 +26,10 @@ std::vector<paddle::Tensor> RotaryForward(const paddle::Tensor& q, const paddle:
                               qo.data<float>(), ko.data<float>(), b, l, hq, hk, d);
   } else {
 #ifdef PADDLEMIX_WITH_CUDA
-    pmx::rotary_embedding_cuda(q.data(), k.data(), pos.data<int64_t>(), inv_freq.data<float>(), qo.data(), ko.data(),
-                               b * l, hq, hk, d, pmx_cuda_dtype(q), q.stream());
+    const int status =
+        pmx::rotary_embedding_cuda(q.data(), k.data(), pos.data<int64_t>(), inv_freq.data<float>(), qo.data(),
+                                   ko.data(), b * l, hq, hk, d, pmx_cuda_dtype(q), pmx_device(q), pmx_stream(q));
+    PMX_CHECK_LAUNCH(status, "rotary_embedding");
 #else
     PMX_NO_CUDA("rotary_embedding");
 #endif

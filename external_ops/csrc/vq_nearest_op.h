@@ -20,7 +20,9 @@ std::vector<paddle::Tensor> VqNearestForward(const paddle::Tensor& z, const padd
 #ifdef PADDLEMIX_WITH_CUDA
     auto ws = paddle::empty({static_cast<int64_t>(pmx::vq_nearest_workspace_bytes(n, k))}, paddle::DataType::UINT8,
                             z.place());
-    pmx::vq_nearest_cuda(z.data<float>(), codebook.data<float>(), out.data<int64_t>(), n, k, c, ws.data(), z.stream());
+    const int status = pmx::vq_nearest_cuda(z.data<float>(), codebook.data<float>(), out.data<int64_t>(), n, k, c,
+                                            ws.data(), pmx_device(z), pmx_stream(z));
+    PMX_CHECK_LAUNCH(status, "vq_nearest");
 #else
     PMX_NO_CUDA("vq_nearest");
 #endif
