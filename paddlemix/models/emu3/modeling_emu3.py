@@ -69,7 +69,7 @@ def flash_attention_problem(head_dim):
       attention, which raises on grouped-query K/V, or memory-efficient attention, which drops ``causal``;
     * head_dim > 256: ``_select_sdp_cuda`` switches to memory-efficient attention, called without the causal mask;
     * ``FLAGS_flash_attn_version=3`` (unless ``FLAGS_cudnn_deterministic`` forces version 2): flash_attention
-      asserts ``training or fa_version == 2``, so inference stops at an AssertionError.
+      asserts ``training or fa_version == 2``, so inference stops at an AssertionError (other values raise).
     """
     major = paddle.device.cuda.get_device_capability()[0]
     if major < 8:
@@ -79,9 +79,10 @@ def flash_attention_problem(head_dim):
     if head_dim > 256:
         return (f"head_dim {head_dim} > 256: Paddle's flash_attention would run memory-efficient attention "
                 "without the causal mask")
-    if _paddle_flag("FLAGS_flash_attn_version", 2) == 3 and not _paddle_flag("FLAGS_cudnn_deterministic", False):
-        return ("FLAGS_flash_attn_version=3: Paddle 3.3's flash_attention runs version 3 only for training; "
-                "set FLAGS_flash_attn_version=2 to use flash attention")
+    version = _paddle_flag("FLAGS_flash_attn_version", 2)
+    if version != 2 and not _paddle_flag("FLAGS_cudnn_deterministic", False):
+        return (f"FLAGS_flash_attn_version={version}: Paddle 3.3's flash_attention runs only version 2 at inference "
+                "(version 3 asserts training); set FLAGS_flash_attn_version=2 to use flash attention")
     return None
 
 
