@@ -20,6 +20,9 @@ std::vector<paddle::Tensor> CfgSampleForward(const paddle::Tensor& cond, const p
            "paddlemix_ops.cfg_sample: allowed must be int64 [B, 2]");
   PD_CHECK(random.numel() == b && random.dtype() == paddle::DataType::FLOAT32,
            "paddlemix_ops.cfg_sample: random must be float32 [B]");
+  PMX_CHECK_SAME_PLACE("cfg_sample", cond, uncond);
+  PMX_CHECK_SAME_PLACE("cfg_sample", cond, allowed);
+  PMX_CHECK_SAME_PLACE("cfg_sample", cond, random);
   auto out = paddle::empty({b}, paddle::DataType::INT64, cond.place());
   if (cond.is_cpu()) {
     PMX_CHECK_CPU_F32(cond, "logits");

@@ -30,6 +30,12 @@ inline pmx::DType pmx_cuda_dtype(const paddle::Tensor& t) {
 }
 #endif
 
+// Every tensor of an op must be where its first input is: a kernel given another device's (or the host's) pointer
+// would fault instead of raising.
+#define PMX_CHECK_SAME_PLACE(op, first, other)                                                                   \
+  PD_CHECK((other).place() == (first).place(), "paddlemix_ops.", op, ": ", #other, " is on ",                   \
+           (other).place().DebugString(), " but ", #first, " is on ", (first).place().DebugString())
+
 #define PMX_CHECK_CPU_F32(t, name)                                                                          \
   PD_CHECK((t).dtype() == paddle::DataType::FLOAT32, "paddlemix_ops: ", name,                               \
            " must be float32 on CPU (the CPU kernels are float32 only)")

@@ -11,6 +11,7 @@ std::vector<paddle::Tensor> RmsNormForward(const paddle::Tensor& x, const paddle
   PD_CHECK(weight.numel() == hidden, "paddlemix_ops.rms_norm: weight has ", weight.numel(),
            " elements but the last axis of x has ", hidden);
   PD_CHECK(weight.dtype() == x.dtype(), "paddlemix_ops.rms_norm: weight and x must have the same dtype");
+  PMX_CHECK_SAME_PLACE("rms_norm", x, weight);
   const int64_t rows = hidden > 0 ? x.numel() / hidden : 0;
   auto y = paddle::empty(x.shape(), x.dtype(), x.place());
   if (x.is_cpu()) {
