@@ -142,6 +142,8 @@ def generate(
     temperature=1.0,
     seed=None,
     progress=True,
+    past_key_values=None,
+    streamer=None,
 ):
     """Generate after left-padded prompts; returns int64 [B, prompt_len + new_len] (prompt, then new tokens).
 
@@ -158,6 +160,11 @@ def generate(
     do_sample: sample (top_k, top_p, temperature as transformers' warpers) instead of greedy argmax.
     seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device).
     progress: a tqdm bar over the new tokens.
+    past_key_values: an ``Emu3KVCache`` holding the first ``past_key_values.length`` tokens of every row (e.g. the
+        earlier turns of a chat); input_ids [B, L] (no padding) continue them, and the cache is filled in place
+        (prompt + new tokens but the last). Text generation only: no guidance, no image_size.
+    streamer: an object with ``put(ids)`` / ``end()`` (see ``streaming.py``): ``put(input_ids [B, L])`` first, then
+        ``put(new tokens [B])`` after every step, then ``end()``.
     Rows that produced eos continue with pad_token_id; generation stops once every row has.
     """
     config = model.config
@@ -177,6 +184,7 @@ def generate(
                 )
     elif negative_prompt_ids is not None:
         logger.warning("negative_prompt_ids is ignored: guidance_scale is %s", guidance_scale)
+    past = _past_length(past_key_values, mask, use_cfg or image_size is not None)
 
     if image_size is not None:
         if config.first_visual_token_id >= config.vocab_size:
@@ -203,7 +211,7 @@ def generate(
             )
         steps = need
     longest = max(prompt_len, neg_ids.shape[1] if use_cfg else 0)
-    room = config.max_position_embeddings - longest
+    room = config.max_position_embeddings - past - longest
     if image_size is None:
         if max_new_tokens is None:
             max_new_tokens = room
@@ -234,16 +242,20 @@ def generate(
     else:
         all_ids, all_mask = ids, mask
     rows = all_ids.shape[0]
-    positions = np.where(all_mask == 1, np.cumsum(all_mask, axis=1) - 1, 1)
+    positions = np.where(all_mask == 1, np.cumsum(all_mask, axis=1) - 1, 1) + past
     dtype = model.dtype
-    capacity = longest + steps
+    need = past + longest + steps
+    cache = past_key_values if past_key_values is not None else Emu3KVCache.for_model(config, rows, need, dtype)
+    cache.reserve(need)
+    capacity = cache.capacity  # a grown cache may hold more slots than this call needs
     padded = not bool(all_mask.all())
     # the generated slots count as tokens: a query never reads a slot after its own (the attention stops at the new
     # token's slot), so one mask [R, 1, 1, capacity] serves the prefill and every step
-    key_mask = paddle.to_tensor(np.concatenate([all_mask, np.ones((rows, steps), np.int64)], axis=1))
+    key_mask = paddle.to_tensor(np.concatenate([np.ones((rows, past), np.int64), all_mask,
+                                                np.ones((rows, capacity - past - longest), np.int64)], axis=1))
     prefill_mask = additive_mask(key_mask, longest, 0, dtype) if padded else None
     step_mask = additive_mask(key_mask, 1, capacity - 1, dtype)
-    next_pos = paddle.to_tensor(all_mask.sum(axis=1, keepdims=True))
+    next_pos = paddle.to_tensor(past + all_mask.sum(axis=1, keepdims=True))
 
     allowed = None
     if image_size is not None:
@@ -255,7 +267,7 @@ def generate(
         else:
             uniforms = paddle.rand([steps, batch], dtype="float32")
     sample_args = (top_k, top_p, temperature) if do_sample else (None, None, 1.0)
-    sync_every = 8 if on_gpu() else 1
+    sync_every = 8 if on_gpu() and streamer is None else 1
     scale = float(guidance_scale) if use_cfg else None
 
     # which steps need which logits, read once from the on-device table: a step where every row is forced to one
@@ -267,7 +279,8 @@ def generate(
     if "visual" in plan:
         visual_head = model.lm_head.weight[:, config.first_visual_token_id:].contiguous()
 
-    cache = Emu3KVCache.for_model(config, rows, capacity, dtype)
+    if streamer is not None:
+        streamer.put(ids)
     new_tokens = []  # one [batch] tensor per step, stacked at the end
     unfinished = paddle.ones([batch], dtype="bool")
     pad = paddle.full([batch], config.pad_token_id, dtype="int64")
@@ -297,6 +310,8 @@ def generate(
                     token = token + config.first_visual_token_id
             token = paddle.where(unfinished, token, pad)
             new_tokens.append(token)
+            if streamer is not None:
+                streamer.put(token.numpy())
             unfinished = unfinished & (token != config.eos_token_id)
             done = step + 1
             bar.update(1)
@@ -307,9 +322,26 @@ def generate(
             step_ids = (paddle.concat([token, token]) if use_cfg else token).unsqueeze(1)
             hidden = model.model(step_ids, next_pos + step, step_mask, cache, last_only=True)[0][:, 0]
     bar.close()
+    if streamer is not None:
+        streamer.end()
     out = paddle.stack(new_tokens, axis=1).numpy()
     new_len = _generated_length(out, config.eos_token_id)
     return paddle.to_tensor(np.concatenate([ids, out[:, :new_len]], axis=1))
+
+
+def _past_length(cache, mask, guided_or_image):
+    """Tokens already in ``cache`` (0 without one); a cache continues unpadded text-generation rows only."""
+    if cache is None:
+        return 0
+    if not isinstance(cache, Emu3KVCache):
+        raise ValueError(f"past_key_values must be an Emu3KVCache, got {type(cache).__name__}")
+    if guided_or_image:
+        raise ValueError("past_key_values continues text generation only: no guidance_scale, no image_size")
+    if cache.keys[0].shape[0] != mask.shape[0]:
+        raise ValueError(f"past_key_values holds {cache.keys[0].shape[0]} rows but input_ids has {mask.shape[0]}")
+    if not mask.all():
+        raise ValueError("input_ids continuing past_key_values must not be padded (attention mask all 1)")
+    return cache.length
 
 
 def _step_plan(table, config):
