@@ -2,6 +2,10 @@
 
 Parameter names equal the original checkpoint keys (``model.layers.0.self_attn.q_proj.weight``, ``lm_head.weight``),
 so the original safetensors load as they are; transformers' ``-hf`` names are mapped in ``_map_checkpoint_key``.
+
+Imports run one way: ``generation_emu3`` (the decoding loop, a function of the model) imports this file for the KV
+cache and the masks; this file does not import it at module level. ``Emu3ForCausalLM.generate`` is the public
+entry and calls the loop through a call-time import.
 """
 
 import logging
@@ -167,6 +171,12 @@ class Emu3Linear(nn.Linear):
 
     def forward(self, x):
         return ops.linear(x, self.weight)
+
+    def column_slice(self, start):
+        """A function x -> the outputs start.. of this layer (a contiguous copy of those weight columns, made once):
+        generation's lm_head over the visual tokens only."""
+        weight = self.weight[:, start:].contiguous()
+        return lambda x: ops.linear(x, weight)
 
 
 class Emu3MLP(nn.Layer):
@@ -425,7 +435,10 @@ class Emu3ForCausalLM(PretrainedModel):
         )
 
     def generate(self, input_ids, **kwargs):
-        """Text or image generation; see ``generation_emu3.generate`` for the arguments."""
+        """Text or image generation; see ``generation_emu3.generate`` for the arguments.
+
+        The loop lives in ``generation_emu3`` and takes the model; that module imports this one, never the reverse
+        (contract 3), so this public entry reaches it by the one import below, made when it is called."""
         from .generation_emu3 import generate
 
         return generate(self, input_ids, **kwargs)
