@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paddlemix.models.emu3 import ChatSession, Emu3ForCausalLM, TextIteratorStreamer, TextStreamer
+from paddlemix.models.emu3 import ChatSession, Emu3ForCausalLM, Emu3Processor, TextIteratorStreamer, TextStreamer
 from paddlemix.models.emu3.processing_emu3 import STAGE1_CHAT_TEMPLATE
 
 from test_processor import load_processor
@@ -65,6 +65,15 @@ def test_single_turn_equals_original_ids(processor, fixtures_dir, case):
     np.testing.assert_array_equal(out["input_ids"], ref["input_ids"])
 
 
+def test_single_turn_from_an_hf_folder(hf_fixtures_dir, fixtures_dir):
+    """The -hf folder's tokenizer (tokenizer.json, <image> a special token) gives the original ids too."""
+    ref = np.load(fixtures_dir / "refs" / "processor_U_single.npz")
+    hf = Emu3Processor.from_pretrained(str(hf_fixtures_dir))
+    out = hf.apply_chat_template([user(str(ref["text"][0]))], tokenize=True, images=[image(fixtures_dir, "img_a")],
+                                 return_tensors="np")
+    np.testing.assert_array_equal(out["input_ids"], ref["input_ids"])
+
+
 def test_multi_turn_format(processor, fixtures_dir):
     messages = [
         {"role": "system", "content": "Be brief."},
@@ -89,25 +98,28 @@ def test_several_images_in_order(processor, fixtures_dir):
     tok = processor.tokenizer
     refs = np.load(fixtures_dir / "refs" / "processor_U_image_tokens.npz")
     images = [image(fixtures_dir, "img_a"), image(fixtures_dir, "img_b")]
-    text = "Compare <image> with <image>"
-    out = processor(text, [images], mode="U", return_tensors="np")
+    question = "Compare <image> with <image>"
+    out = processor.apply_chat_template([{"role": "user", "content": question}], tokenize=True, images=images,
+                                        return_tensors="np")
     ids = out["input_ids"][0]
+    first = tok.convert_tokens_to_ids("<|visual token 000000|>")
     grids = []
     for b, e in zip(np.flatnonzero(ids == tok.boi_token_id), np.flatnonzero(ids == tok.eoi_token_id)):
-        seg = ids[b:e]
-        rows = np.split(seg, np.flatnonzero(seg == tok.eol_token_id))
-        first = tok.convert_tokens_to_ids("<|visual token 000000|>")
+        rows = np.split(ids[b:e], np.flatnonzero(ids[b:e] == tok.eol_token_id))
         grids.append(np.stack([r[r >= first] - first for r in rows if (r >= first).any()]))
     assert len(grids) == 2
     for grid, name in zip(grids, ["img_a", "img_b"]):  # each image as if tokenized alone
         np.testing.assert_array_equal(grid, refs[f"U_batch_unpadded_{name}"])
-    want = ("You are a helpful assistant. USER: Compare " + image_string(tok, grids[0]) + " with "
-            + image_string(tok, grids[1]) + ". ASSISTANT:")
+    a, b = (image_string(tok, g) for g in grids)
+    want = f"You are a helpful assistant. USER: Compare {a} with {b}. ASSISTANT:"
     np.testing.assert_array_equal(ids, tok.encode(tok.bos_token + want))
     np.testing.assert_array_equal(out["image_size"], [list(grids[0].shape)])
-    with pytest.raises(ValueError, match="2 <image> placeholders but 1 images"):
-        processor(text, [images[:1]], mode="U")
-    with pytest.raises(ValueError, match="images"):
+    # a text with placeholders is a whole prompt to the processor (transformers' style)
+    raw = processor(question, images, mode="U", return_tensors="np")["input_ids"][0]
+    np.testing.assert_array_equal(raw, tok.encode(f"{tok.bos_token}Compare {a} with {b}"))
+    with pytest.raises(ValueError, match="1 images for 2 placeholders"):
+        processor(question, images[:1], mode="U")
+    with pytest.raises(ValueError, match="conversation 0 has 2 images"):
         processor.apply_chat_template([user("two", 2)], tokenize=True, images=images[:1])
 
 

@@ -37,6 +37,7 @@ from paddlemix.models.emu3 import (
     TextStreamer,
 )
 from paddlemix.models.emu3.chat_template import DEFAULT_SYSTEM_PROMPT, IMAGE_PLACEHOLDER
+from paddlemix.models.emu3.hf_layout import resolve_model_paths
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 from paddlemix.models.emu3.processing_emu3 import STAGE1_CHAT_TEMPLATE
 
@@ -72,10 +73,9 @@ def pair_up(images, questions):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", default="BAAI/Emu3-Chat", help="Emu3 chat model folder or hub id")
-    parser.add_argument(
-        "--vq_model_path", default="BAAI/Emu3-VisionTokenizer", help="vision tokenizer folder or hub id"
-    )
-    parser.add_argument("--tokenizer_path", help="folder with emu3.tiktoken (default: --model_path)")
+    parser.add_argument("--vq_model_path", help="vision tokenizer folder or hub id (default: --model_path for a "
+                        "transformers -hf folder, else BAAI/Emu3-VisionTokenizer)")
+    parser.add_argument("--tokenizer_path", help="folder with emu3.tiktoken or tokenizer.json (default: --model_path)")
     parser.add_argument("--image_path", action="append", default=[], help="an image file (repeatable; none: text only)")
     parser.add_argument(
         "--question", action="append", default=[],
@@ -144,9 +144,10 @@ def main(argv=None):
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # answers of untrained or cut-short models may hold U+FFFD
 
-    tokenizer = Emu3Tokenizer.from_pretrained(args.tokenizer_path or args.model_path, padding_side="left")
-    image_processor = Emu3VisionVQImageProcessor.from_pretrained(args.vq_model_path)
-    vision_tokenizer = Emu3VisionVQModel.from_pretrained(args.vq_model_path, dtype=args.dtype)
+    vq_model_path, tokenizer_path = resolve_model_paths(args.model_path, args.vq_model_path, args.tokenizer_path)
+    tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
+    image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
+    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.dtype)
     model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
 
@@ -165,7 +166,8 @@ def main(argv=None):
     paths = {path: Image.open(path) for path in args.image_path}
     images = [[paths[p] for p in row] for row in args.images]
     if args.stage1:
-        inputs = processor(args.question, images, mode="U", padding_image=args.padding_image,
+        flat = [im for row in images for im in row]  # one per question, or one per <image> placeholder
+        inputs = processor(args.question, flat or None, mode="U", padding_image=args.padding_image,
                            chat_template=STAGE1_CHAT_TEMPLATE, return_tensors="pd")
     else:
         conversations = [

@@ -4,9 +4,8 @@ prefills only its own tokens (the images of earlier turns are neither encoded no
 import numpy as np
 from PIL import Image
 
-from .chat_template import DEFAULT_SYSTEM_PROMPT, IMAGE_PLACEHOLDER, render_chat
+from .chat_template import DEFAULT_SYSTEM_PROMPT, render_chat
 from .modeling_emu3 import Emu3KVCache
-from .processing_emu3 import expand_image_placeholders
 
 
 class ChatSession:
@@ -52,12 +51,13 @@ class ChatSession:
         if not text and not images:
             raise ValueError("a chat turn needs a text or an image")
         tok, first = self.processor.tokenizer, not self.token_ids
-        inline = IMAGE_PLACEHOLDER in text
+        inline = tok.image_token in text
         content = ([] if inline else [{"type": "image"}] * len(images)) + [{"type": "text", "text": text}]
         message = {"role": "user", "content": content}
-        prompt = render_chat([message], self.system_prompt, add_generation_prompt=True, with_system=first)
+        prompt = render_chat([message], self.system_prompt, add_generation_prompt=True, with_system=first,
+                             image_token=tok.image_token)
         grids = self.processor.tokenize_image(images, padding_image=self.padding_image)
-        prompt = expand_image_placeholders(prompt, [self.processor.image_prompt(g) for g in grids])
+        prompt = self.processor.expand_image_placeholders(prompt, grids)
         turn_ids = tok.encode(tok.bos_token + prompt if first else " " + prompt)
 
         if self.cache is None:
