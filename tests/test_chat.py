@@ -2,6 +2,7 @@
 token streaming (whole UTF-8 characters), the KV-cached chat session, the Stage1 prompt and the script's
 --stream / --chat."""
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paddlemix.models.emu3 import ChatSession, Emu3ForCausalLM, Emu3Processor, TextIteratorStreamer, TextStreamer
+from paddlemix.models.emu3 import (
+    ChatSession, Emu3ForCausalLM, Emu3KVCache, Emu3Processor, TextIteratorStreamer, TextStreamer,
+)
 from paddlemix.models.emu3.processing_emu3 import STAGE1_CHAT_TEMPLATE
 
 from test_processor import load_processor
@@ -292,3 +295,38 @@ def test_script_stream_and_chat(model, processor, fixtures_dir):
     first = session.ask("Please describe the image", image(fixtures_dir, "img_a"), max_new_tokens=4, progress=False)
     second = session.ask("What color is it?", max_new_tokens=4, progress=False)
     assert out == f"Assistant: {first}\nAssistant: {second}\n"
+
+
+def test_bad_chat_arguments(model, processor, fixtures_dir, capsys):
+    ids = np.load(fixtures_dir / "refs" / "gen_vqa_single.npz")["input_ids"]
+    cache = Emu3KVCache.for_model(model.config, 1, 8, model.dtype)
+    with pytest.raises(ValueError, match="text generation only"):
+        model.generate(ids, past_key_values=cache, guidance_scale=3.0, progress=False)
+    with pytest.raises(ValueError, match="must not be padded"):
+        model.generate(ids, attention_mask=np.concatenate([[[0]], np.ones_like(ids[:, 1:])], 1),
+                       past_key_values=cache, progress=False)
+    with pytest.raises(ValueError, match="2 rows"):
+        model.generate(ids, past_key_values=Emu3KVCache.for_model(model.config, 2, 8, model.dtype), progress=False)
+    with pytest.raises(ValueError, match="Emu3KVCache"):
+        model.generate(ids, past_key_values=[], progress=False)
+    with pytest.raises(ValueError, match="one sequence"):
+        TextStreamer(processor.tokenizer).put(np.zeros((2, 3), np.int64))
+    session = ChatSession(model, processor)
+    with pytest.raises(ValueError, match="needs a text or an image"):
+        session.ask("")
+    with pytest.raises(ValueError, match="PIL"):
+        session.ask("hi", images=[np.zeros((8, 8, 3))])
+    spec = importlib.util.spec_from_file_location("run_understanding_inference", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for argv, match in (
+        (["--question", "a", "--question", "b", "--stream"], "one question"),
+        (["--chat", "--stage1"], "--stage1"),
+        (["--chat", "--question", "a", "--question", "b"], "at most one"),
+        (["--question", "<image> and <image>", "--image_path", str(fixtures_dir / "inputs" / "img_a.png")],
+         "2 <image> placeholders but 1"),
+        ([], "--question is required"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            script.parse_args(argv)
+        assert exit_info.value.code == 2 and match in capsys.readouterr().err, argv
