@@ -10,6 +10,8 @@ Examples:
 
 The prompt is the original's: "<bos>You are a helpful assistant. USER: <image tokens><question>. ASSISTANT:".
 Decoding is greedy unless --do_sample is given. Each answer is printed as "Answer <i>: <text>".
+Under ``python -m paddle.distributed.launch --nproc_per_node N`` the model is split over the processes
+(--parallel tensor, the default) or the questions are shared out (--parallel data); rank 0 prints.
 """
 
 import argparse
@@ -19,6 +21,7 @@ import sys
 from PIL import Image
 
 from paddlemix import set_cpu_threads
+from paddlemix.distributed import PARALLEL_HELP, Launch, is_main
 from paddlemix.models.emu3 import Emu3Processor, Emu3Tokenizer, Emu3VisionVQImageProcessor, Emu3VisionVQModel
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 
@@ -62,7 +65,9 @@ def parse_args(argv=None):
         "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
         help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)",
     )
-    parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads (default: every CPU, shared among the processes of a launch)")
+    parser.add_argument("--parallel", choices=["tensor", "data"], help=PARALLEL_HELP)
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be positive")
@@ -82,6 +87,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    launch = Launch(args.parallel)
     set_cpu_threads(args.threads)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # answers of untrained or cut-short models may hold U+FFFD
@@ -89,13 +95,19 @@ def main(argv=None):
     tokenizer = Emu3Tokenizer.from_pretrained(args.tokenizer_path or args.model_path, padding_side="left")
     image_processor = Emu3VisionVQImageProcessor.from_pretrained(args.vq_model_path)
     vision_tokenizer = Emu3VisionVQModel.from_pretrained(args.vq_model_path, dtype=args.dtype)
-    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
+    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype,
+                                            tensor_parallel_degree=launch.tensor_parallel_degree)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
 
-    images = [Image.open(path) for path in args.image_path]
-    inputs = processor(args.question, images, mode="U", padding_image=args.padding_image, return_tensors="pd")
-    for i, (path, question) in enumerate(zip(args.image_path, args.question)):
+    for i, (path, question) in enumerate(zip(args.image_path, args.question) if is_main() else []):
         print(f"Question {i} ({path}): {question}")
+    mine = launch.mine(len(args.question), "questions")  # this process's questions (data parallel), else all
+    if not len(mine):  # an idle rank of a data-parallel launch with fewer questions than processes
+        launch.gather([])
+        return 0
+    images = [Image.open(args.image_path[i]) for i in mine]
+    inputs = processor([args.question[i] for i in mine], images, mode="U", padding_image=args.padding_image,
+                       return_tensors="pd")
     outputs = model.generate(
         inputs.input_ids,
         attention_mask=inputs.attention_mask,
@@ -104,11 +116,11 @@ def main(argv=None):
         top_k=args.top_k,
         top_p=args.top_p,
         temperature=args.temperature,
-        seed=args.seed,
+        seed=None if args.seed is None else [[args.seed, i] for i in mine],
         progress=True,
     )
     answers = processor.batch_decode(outputs[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
-    for i, answer in enumerate(answers):
+    for i, answer in sorted(launch.gather([(mine[row], answers[row]) for row in launch.split(range(len(mine)))])):
         print(f"Answer {i}: {answer}")
     return 0
 
