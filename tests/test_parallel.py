@@ -138,6 +138,7 @@ def test_clear_errors(results):
         assert "does not divide num_key_value_heads 1" in err["kv_heads"]
         assert "does not divide num_attention_heads 3" in err["heads"]
         assert "disagree on the model path" in err["paths"] and "rank 1" in err["paths"]
+        assert "inference only" in err["train"] and "tensor_parallel_degree=1" in err["train"]
 
 
 def test_degree_without_a_launch_is_refused(fixtures_dir):
@@ -145,3 +146,33 @@ def test_degree_without_a_launch_is_refused(fixtures_dir):
         Emu3ForCausalLM.from_pretrained(str(fixtures_dir / "llm"), tensor_parallel_degree=2, tensor_parallel_rank=0)
     with pytest.raises(ValueError, match="tensor_parallel_rank must be in"):
         Emu3ForCausalLM.from_pretrained(str(fixtures_dir / "llm"), tensor_parallel_degree=2, tensor_parallel_rank=2)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_slice_reader_reads_only_the_rank_rows(tmp_path, monkeypatch, bf16):
+    """model_utils._read_tensor with a tensor-parallel part: numpy's slice of the checkpoint tensor (transposed for a
+    Linear), in 64-row blocks; a row slice touches (releases) only its own rows' bytes."""
+    from paddlemix.models import model_utils
+    from paddlemix.models.safetensors_io import SafetensorsFile, bf16_to_f32, f32_to_bf16, save_file
+
+    rng = np.random.default_rng(1)
+    full = rng.standard_normal((301, 70)).astype(np.float32)  # checkpoint layout [out, in]
+    stored = f32_to_bf16(full) if bf16 else full
+    save_file({"w": stored}, str(tmp_path / "m.safetensors"), {"format": "pt"}, {"w"} if bf16 else set())
+    want_full = bf16_to_f32(f32_to_bf16(full)) if bf16 else full
+    monkeypatch.setattr(model_utils, "_CHUNK_BYTES", 64 * 70 * stored.itemsize)
+    st = SafetensorsFile(str(tmp_path / "m.safetensors"))
+    released = []
+    monkeypatch.setattr(st, "release", lambda key, a, b: released.append((a, b)))
+    row_bytes = 70 * stored.itemsize
+    try:
+        for (axis, start, stop), transpose in [((0, 151, 301), True), ((1, 35, 70), True), ((0, 0, 151), False)]:
+            released.clear()
+            part = want_full[start:stop] if axis == 0 else want_full[:, start:stop]
+            shape = list(part.T.shape if transpose else part.shape)
+            got = model_utils._read_tensor(st, "w", shape, "float32", transpose, (axis, start, stop))
+            np.testing.assert_array_equal(got, part.T if transpose else part)
+            if axis == 0:
+                assert released[0][0] == start * row_bytes and all(a < stop * row_bytes for a, _ in released)
+    finally:
+        st.close()

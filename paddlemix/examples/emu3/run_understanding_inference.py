@@ -18,6 +18,9 @@ The prompt is the original's: "<bos>You are a helpful assistant. USER: <image to
 (--system_prompt replaces the first sentence; later chat turns follow as " USER: <question>. ASSISTANT:" after
 the answer); --stage1 gives Emu3-Stage1's "<bos><image tokens><question>" instead. Decoding is greedy unless
 --do_sample is given. Each answer is printed as "Answer <i>: <text>" ("Assistant: <text>" in --chat).
+Under ``python -m paddle.distributed.launch --nproc_per_node N`` the model is split over the processes
+(--parallel tensor, the default) or the questions are shared out (--parallel data); rank 0 prints (--chat runs
+in one process).
 """
 
 import argparse
@@ -28,6 +31,7 @@ import sys
 from PIL import Image
 
 from paddlemix import set_cpu_threads
+from paddlemix.distributed import PARALLEL_HELP, Launch, is_main
 from paddlemix.models.emu3 import (
     ChatSession,
     Emu3Processor,
@@ -110,7 +114,9 @@ def parse_args(argv=None):
         "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
         help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)",
     )
-    parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads (default: every CPU, shared among the processes of a launch)")
+    parser.add_argument("--parallel", choices=["tensor", "data"], help=PARALLEL_HELP)
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be positive")
@@ -140,6 +146,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    launch = Launch(args.parallel)
+    if args.chat and launch.size > 1:
+        raise SystemExit("--chat reads stdin in one process: run it without paddle.distributed.launch")
     set_cpu_threads(args.threads)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # answers of untrained or cut-short models may hold U+FFFD
@@ -148,7 +157,8 @@ def main(argv=None):
     tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
     image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
     vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.dtype)
-    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
+    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype,
+                                            tensor_parallel_degree=launch.tensor_parallel_degree)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
 
     sampling = dict(
@@ -157,39 +167,50 @@ def main(argv=None):
         top_k=args.top_k,
         top_p=args.top_p,
         temperature=args.temperature,
-        seed=args.seed,
         progress=not args.stream,
     )
     if args.chat:
-        return chat(args, model, processor, sampling)
+        return chat(args, model, processor, dict(sampling, seed=args.seed))
 
-    paths = {path: Image.open(path) for path in args.image_path}
-    images = [[paths[p] for p in row] for row in args.images]
+    for i, (row, question) in enumerate(zip(args.images, args.question) if is_main() else []):
+        print(f"Question {i} ({', '.join(row) or 'no image'}): {question}")
+    mine = launch.mine(len(args.question), "questions")  # this process's questions (data parallel), else all
+    if not len(mine):  # an idle rank of a data-parallel launch with fewer questions than processes
+        launch.gather([])
+        return 0
+    inputs = build_inputs(args, processor, mine)
+    streamer = None
+    if args.stream:  # one question; every rank of a tensor-parallel launch steps alike, rank 0 prints
+        if is_main():
+            print("Answer 0: ", end="", flush=True)
+        streamer = TextStreamer(processor.tokenizer, callback=None if is_main() else (lambda text: None))
+    outputs = model.generate(inputs.input_ids, attention_mask=inputs.attention_mask, streamer=streamer,
+                             seed=None if args.seed is None else [[args.seed, i] for i in mine], **sampling)
+    answers = processor.batch_decode(outputs[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+    gathered = launch.gather([(mine[row], answers[row]) for row in launch.split(range(len(mine)))])
+    if not args.stream:
+        for i, answer in sorted(gathered):
+            print(f"Answer {i}: {answer}")
+    return 0
+
+
+def build_inputs(args, processor, rows):
+    """The model inputs of the questions ``rows``: the chat format (or --stage1's), their images in place."""
+    questions = [args.question[i] for i in rows]
+    images = [[Image.open(path) for path in args.images[i]] for i in rows]
     if args.stage1:
         flat = [im for row in images for im in row]  # one per question, or one per <image> placeholder
-        inputs = processor(args.question, flat or None, mode="U", padding_image=args.padding_image,
-                           chat_template=STAGE1_CHAT_TEMPLATE, return_tensors="pd")
-    else:
-        conversations = [
-            [{"role": "user", "content": question if IMAGE_PLACEHOLDER in question
-              else [{"type": "image"}] * len(row) + [{"type": "text", "text": question}]}]
-            for question, row in zip(args.question, images)
-        ]
-        inputs = processor.apply_chat_template(
-            conversations, tokenize=True, images=images, system_prompt=args.system_prompt,
-            padding_image=args.padding_image, return_tensors="pd",
-        )
-    for i, (row, question) in enumerate(zip(args.images, args.question)):
-        print(f"Question {i} ({', '.join(row) or 'no image'}): {question}")
-    streamer = None
-    if args.stream:
-        print("Answer 0: ", end="", flush=True)
-        streamer = TextStreamer(processor.tokenizer)
-    outputs = model.generate(inputs.input_ids, attention_mask=inputs.attention_mask, streamer=streamer, **sampling)
-    if not args.stream:
-        answers = processor.batch_decode(outputs[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
-        for i, answer in enumerate(answers):
-            print(f"Answer {i}: {answer}")
+        return processor(questions, flat or None, mode="U", padding_image=args.padding_image,
+                         chat_template=STAGE1_CHAT_TEMPLATE, return_tensors="pd")
+    conversations = [
+        [{"role": "user", "content": question if IMAGE_PLACEHOLDER in question
+          else [{"type": "image"}] * len(row) + [{"type": "text", "text": question}]}]
+        for question, row in zip(questions, images)
+    ]
+    return processor.apply_chat_template(
+        conversations, tokenize=True, images=images, system_prompt=args.system_prompt,
+        padding_image=args.padding_image, return_tensors="pd",
+    )
     return 0
 
 
