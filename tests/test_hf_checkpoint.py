@@ -111,6 +111,18 @@ def test_tokenizer_save_and_reload(tokenizer, hf_refs, tmp_path):
         tokenizer.bos_token_id, tokenizer.img_token_id, tokenizer.image_token_id)
 
 
+def test_added_token_not_marked_special(hf_dir, tmp_path):
+    """An added token with "special": false still encodes as one id, but decode(skip_special_tokens=True) keeps it."""
+    spec = json.loads(open(os.path.join(hf_dir, "tokenizer.json"), encoding="utf-8").read())
+    entry = next(t for t in spec["added_tokens"] if t["content"] == "<|im_start|>")
+    entry["special"] = False
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    tok = Emu3Tokenizer.from_pretrained(tmp_path)
+    ids = tok.encode("a<|im_start|>b<|im_end|>")
+    assert ids[1] == entry["id"] == tok.convert_tokens_to_ids("<|im_start|>") and len(ids) == 4
+    assert tok.decode(ids, skip_special_tokens=True) == "a<|im_start|>b"
+
+
 def test_tokenizer_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Emu3Tokenizer.from_pretrained(tmp_path)
@@ -184,16 +196,20 @@ def test_attention_levels_of_different_widths(tmp_path, fixtures_dir, hf_dir, re
     vq_dir = fixtures_dir / "vision_tokenizer"
     config = json.loads((vq_dir / "config.json").read_text())
     wide = max(config["attn_resolutions"])
+    keep_weights = len(set(config["ch_mult"])) > 1  # else widen the last level: the fixture's weights no longer fit
+    if not keep_weights:
+        config["ch_mult"][-1] *= 2
     narrow = next(level for level in range(len(config["ch_mult"]))
                   if config["ch_mult"][level] != config["ch_mult"][wide])
     config["attn_resolutions"] = sorted({narrow, *config["attn_resolutions"]})
-    state = load_file(str(vq_dir / "model.safetensors"))
+    state = load_file(str(vq_dir / "model.safetensors")) if keep_weights else {}
     model = Emu3VisionVQModel(Emu3VisionVQConfig.from_dict(config))
     rng = np.random.default_rng(0)
     for name, param in model.state_dict().items():
         key = model._paddle_to_original_name(name)
-        if key not in state:  # the new attention blocks: random weights make a wrong mapping visible
-            state[key] = rng.normal(0, 0.05, param.shape).astype(np.float32)
+        if key not in state:  # new blocks: perturbed initial weights make a wrong mapping (q <-> k) visible
+            noise = 0 if key.endswith("running_var") else rng.normal(0, 0.05, param.shape)
+            state[key] = (param.numpy() + noise).astype(np.float32)
     added = [k for k in state if re.search(rf"(down|up)\.{narrow}\.attn\.\d+\.q\.weight", k)]
     width = config["ch"] * config["ch_mult"][narrow]
     assert added and all(state[k].shape == (width, width, 1, 1) for k in added)
@@ -204,7 +220,8 @@ def test_attention_levels_of_different_widths(tmp_path, fixtures_dir, hf_dir, re
     (original_dir / "config.json").write_text(json.dumps(config))
     save_file(state, str(original_dir / "model.safetensors"))
     hf_config = json.loads(open(os.path.join(hf_dir, "config.json")).read())
-    hf_config["vq_config"].update(attn_resolutions=config["attn_resolutions"])
+    hf_config["vq_config"].update(attn_resolutions=config["attn_resolutions"], channel_multiplier=config["ch_mult"],
+                                  hidden_size=config["ch"] * config["ch_mult"][-1])
     assert hf_config["vq_config"]["hidden_size"] != width
     (hf_folder / "config.json").write_text(json.dumps(hf_config))
     hf_state = {}

@@ -4,6 +4,9 @@ Examples:
   python paddlemix/examples/emu3/run_understanding_inference.py --model_path BAAI/Emu3-Chat \\
       --vq_model_path BAAI/Emu3-VisionTokenizer --image_path demo_images/emu3_demo.png \\
       --question "Please describe the image"
+  # transformers' -hf folder (BAAI/Emu3-Chat-hf): --model_path alone (vision tokenizer and tokenizer from it too)
+  python paddlemix/examples/emu3/run_understanding_inference.py --model_path BAAI/Emu3-Chat-hf \\
+      --image_path demo_images/emu3_demo.png --question "Please describe the image"
   # a batch: repeat --image_path and --question (one image for all questions, or one question for all images)
   python paddlemix/examples/emu3/run_understanding_inference.py --model_path DIR --vq_model_path VQ_DIR \\
       --image_path a.png --question "What is this?" --image_path b.png --question "What color is it?"

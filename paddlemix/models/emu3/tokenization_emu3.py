@@ -150,6 +150,7 @@ class TiktokenVocab:
         if len(set(names)) != len(names):
             raise ValueError(f"{special_tokens_file} repeats one of the built-in special tokens")
         self.special_tokens = {token: start + i for i, token in enumerate(names)}
+        self.added_text_tokens = {}
         self.encoding = tiktoken.Encoding(
             "Emu3", pat_str=PAT_STR, mergeable_ranks=self.mergeable_ranks, special_tokens=self.special_tokens
         )
@@ -183,6 +184,8 @@ class TokenizerJsonVocab:
         self.encoding = Tokenizer.from_file(tokenizer_file)
         added = {t["content"]: t for t in spec.get("added_tokens", [])}
         self.special_tokens = {token: t["id"] for token, t in added.items() if t.get("special")}
+        # added tokens not marked special: one id each, but kept by decode(skip_special_tokens=True)
+        self.added_text_tokens = {token: t["id"] for token, t in added.items() if not t.get("special")}
         to_byte = {c: b for b, c in bytes_to_unicode().items()}
         self.mergeable_ranks = {}
         self._bytes = {}
@@ -266,6 +269,7 @@ class Emu3Tokenizer:
         self.special_tokens = self.vocab.special_tokens
         self.tokenizer = self.vocab.encoding
         self._id_to_token = {rank: token for token, rank in self.mergeable_ranks.items()}
+        self._id_to_token.update({i: token for token, i in self.vocab.added_text_tokens.items()})
         self._id_to_token.update({i: token for token, i in self.special_tokens.items()})
         if sorted(self._id_to_token) != list(range(len(self._id_to_token))):
             raise ValueError("the BPE and special token ids must together be 0..n-1 with no gaps or repeats")
@@ -400,6 +404,8 @@ class Emu3Tokenizer:
                 return self.special_tokens[tokens]
             if tokens in self.mergeable_ranks:
                 return self.mergeable_ranks[tokens]
+            if tokens in self.vocab.added_text_tokens:
+                return self.vocab.added_text_tokens[tokens]
             raise ValueError(f"unknown token {tokens!r}: neither a special token nor a BPE token (bytes)")
         return [self.convert_tokens_to_ids(token) for token in tokens]
 
