@@ -288,10 +288,10 @@ def test_script_stream_and_chat(model, processor, fixtures_dir):
     out = run_script(fixtures_dir, ["--question", "Please describe the image", "--max_new_tokens", n_new, "--stream"])
     assert out.endswith(f"Answer 0: {ref['answers_skip_special'][0]}\n")
 
-    out = run_script(fixtures_dir, ["--chat", "--stream", "--max_new_tokens", "4"],
+    out = run_script(fixtures_dir, ["--chat", "--stream", "--max_new_tokens", "4", "--system_prompt", "Be brief."],
                      stdin="Please describe the image\n\nWhat color is it?\n")
     # the same conversation through the library
-    session = ChatSession(model, processor)
+    session = ChatSession(model, processor, system_prompt="Be brief.")
     first = session.ask("Please describe the image", image(fixtures_dir, "img_a"), max_new_tokens=4, progress=False)
     second = session.ask("What color is it?", max_new_tokens=4, progress=False)
     assert out == f"Assistant: {first}\nAssistant: {second}\n"
