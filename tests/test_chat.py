@@ -20,7 +20,8 @@ from paddlemix.models.emu3.processing_emu3 import STAGE1_CHAT_TEMPLATE
 
 from test_processor import load_processor
 
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "paddlemix" / "examples" / "emu3" / "run_understanding_inference.py"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "paddlemix" / "examples" / "emu3" / "run_understanding_inference.py"
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,8 @@ def test_text_only_question(processor):
     want = tok.bos_token + "You are a helpful assistant. USER: What is a cat. ASSISTANT:"
     for out in (
         processor("What is a cat", mode="U", return_tensors="np"),
-        processor.apply_chat_template([{"role": "user", "content": "What is a cat"}], tokenize=True, return_tensors="np"),
+        processor.apply_chat_template([{"role": "user", "content": "What is a cat"}], tokenize=True,
+                                      return_tensors="np"),
     ):
         np.testing.assert_array_equal(out["input_ids"][0], tok.encode(want))
         assert tok.img_token_id not in out["input_ids"][0]
