@@ -382,11 +382,11 @@ class Emu3Model(nn.Layer):
         past = cache.length if cache is not None else 0
         inv_freq = self.inv_freq(past + input_ids.shape[1])
         hidden = self.embed_tokens(input_ids)
+        q_len = input_ids.shape[1]
         if paddle.is_grad_enabled():
             hidden = padding_row_frozen(hidden, input_ids, self.config.pad_token_id)
         training = self.training
         hidden = self.dropout(hidden)
-        q_len = input_ids.shape[1]
         if attn_mask is None and q_len > 1 and (
             attention_backend(hidden.dtype, past > 0, self.config.head_dim, training) != "flash"
         ):
