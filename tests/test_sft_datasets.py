@@ -117,6 +117,11 @@ def test_bad_data_is_a_clear_error(tokenizer, refs, prepared, tmp_path):
         Emu3FeatureDataset(path, tokenizer, m, codebook_size=64)
     with pytest.raises(ValueError, match="no visual token"):
         Emu3FeatureDataset(prepared, tokenizer, m, codebook_size=65)
+    path = _write(str(tmp_path / "z"), "z", name=np.str_("z"))
+    with open(os.path.join(tmp_path, "z", "feature", "z.npz"), "wb") as f:
+        f.write(b"PK\x03\x04 not a zip archive")
+    with pytest.raises(ValueError, match="cannot read feature file"):
+        Emu3FeatureDataset(path, tokenizer, m)
     path = _write(str(tmp_path / "v"), "y", name=np.str_("y"), texts=np.str_("a"))
     with pytest.raises(ValueError, match="needs"):
         Emu3VQADataset(path, tokenizer, m)

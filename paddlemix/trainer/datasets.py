@@ -21,15 +21,15 @@ longer than ``model_max_length``), so a bad sample is a clear error before train
 """
 
 import json
-import logging
 import os
 import random
+import zipfile
+import zlib
 
 import numpy as np
+from tqdm import tqdm
 
 from ..models.emu3.processing_emu3 import DEFAULT_CHAT_TEMPLATE, DEFAULT_PREFIX_TEMPLATE, DEFAULT_VISUAL_TEMPLATE
-
-logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -80,7 +80,7 @@ def load_feature(path):
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
         raise ValueError(f"cannot read feature file {path} (an .npz without pickles): {e}") from None
     out = {}
     for key, value in data.items():
@@ -121,7 +121,8 @@ class _PreparedDataset:
                                  "larger than its vision vocabulary")
         self.bov = tokenizer.encode(self.visual_token_strings[0])[0]
         self.eov = tokenizer.encode(self.visual_token_strings[-1])[0]
-        self.lengths = [self._check(path) for path in self.paths]
+        checking = tqdm(self.paths, desc="checking samples", disable=len(self.paths) < 1000)
+        self.lengths = [self._check(path) for path in checking]
 
     def __len__(self):
         return len(self.paths)

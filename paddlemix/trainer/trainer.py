@@ -215,9 +215,6 @@ def train(model, dataset, config):
         config.adam_epsilon, grad_clip)
     logger.info("AdamW: %d tensors with weight decay %g, %d without (%s)", len(decayed), config.weight_decay,
                 len(not_decayed), ", ".join(not_decayed[:4]) + (" ..." if len(not_decayed) > 4 else ""))
-    if config.bf16:  # bf16 weights and compute, float32 master weights in the optimizer (GPU only)
-        model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", dtype="bfloat16",
-                                               master_weight=True)
     if resume_path is not None:
         load_optimizer_state(resume_path, model, optimizer)
     params = [p for p in model.parameters() if not p.stop_gradient]
@@ -247,7 +244,9 @@ def train(model, dataset, config):
             tokens += int(batch["attention_mask"].sum())
             sync = a == accumulation - 1 or world == 1 or config.sharding
             with contextlib.nullcontext() if sync else runner.no_sync():
-                with paddle.amp.auto_cast(enable=config.bf16, dtype="bfloat16", level="O2"):
+                # --bf16: matmuls in bf16 (autocast O1), the float32 parameters are the master weights; norms,
+                # softmax and the loss stay float32
+                with paddle.amp.auto_cast(enable=config.bf16, dtype="bfloat16", level="O1"):
                     loss = runner(*(paddle.to_tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels")))
                 (loss / accumulation).backward()
             losses.append(float(loss))
