@@ -48,7 +48,7 @@ def main(fixtures, out, tiny, other):
                   image_size=t2i["image_size"], progress=False)
     res["t2i_greedy"] = model.generate(t2i["input_ids"], **kwargs).numpy()
     res["t2i_sampled"] = model.generate(t2i["input_ids"], do_sample=True, top_k=100, seed=7, **kwargs).numpy()
-    res["t2i_row_seeds"] = model.generate(t2i["input_ids"], do_sample=True, top_k=100, seed=[[7, 0], [7, 1]],
+    res["t2i_row_seeds"] = model.generate(t2i["input_ids"], do_sample=True, top_k=100, seed=[70, 71],
                                           **kwargs).numpy()
     res["t2i_unseeded"] = model.generate(t2i["input_ids"], do_sample=True, **kwargs).numpy()
     vqa = np.load(os.path.join(refs, "gen_vqa_batch.npz"))

@@ -90,7 +90,7 @@ def test_sampling_equals_one_process(results, single, fixtures_dir):
     want = single.generate(t2i["input_ids"], seed=7, **kwargs).numpy()
     assert not np.array_equal(want, t2i["sequences"])  # sampling took other tokens than greedy
     # one seed per row: each row samples as it does alone
-    rows = [single.generate(t2i["input_ids"][b:b + 1], seed=[[7, b]],
+    rows = [single.generate(t2i["input_ids"][b:b + 1], seed=[70 + b],
                             **{**kwargs, "attention_mask": t2i["attention_mask"][b:b + 1],
                                "negative_prompt_ids": t2i["neg_input_ids"][b:b + 1],
                                "image_size": t2i["image_size"][b:b + 1]}).numpy()[0] for b in range(2)]

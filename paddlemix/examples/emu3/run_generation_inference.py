@@ -27,7 +27,7 @@ import os
 import sys
 
 from paddlemix import set_cpu_threads
-from paddlemix.distributed import PARALLEL_HELP, Launch, read_prompts_file
+from paddlemix.distributed import PARALLEL_HELP, Launch, read_prompts_file, request_seed
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 from paddlemix.models.emu3.image_processing_emu3visionvq import Emu3VisionVQImageProcessor
 from paddlemix.models.emu3.modeling_emu3visionvq import Emu3VisionVQModel
@@ -152,7 +152,7 @@ def main(argv=None):
         top_k=args.top_k,
         top_p=args.top_p,
         temperature=args.temperature,
-        seed=None if args.seed is None else [[args.seed, i] for i in mine],
+        seed=None if args.seed is None else [request_seed(args.seed, i) for i in mine],
         progress=True,
     ).numpy()
     os.makedirs(args.output_dir, exist_ok=True)

@@ -21,7 +21,7 @@ import sys
 from PIL import Image
 
 from paddlemix import set_cpu_threads
-from paddlemix.distributed import PARALLEL_HELP, Launch, is_main
+from paddlemix.distributed import PARALLEL_HELP, Launch, is_main, request_seed
 from paddlemix.models.emu3 import Emu3Processor, Emu3Tokenizer, Emu3VisionVQImageProcessor, Emu3VisionVQModel
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 
@@ -116,7 +116,7 @@ def main(argv=None):
         top_k=args.top_k,
         top_p=args.top_p,
         temperature=args.temperature,
-        seed=None if args.seed is None else [[args.seed, i] for i in mine],
+        seed=None if args.seed is None else [request_seed(args.seed, i) for i in mine],
         progress=True,
     )
     answers = processor.batch_decode(outputs[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
