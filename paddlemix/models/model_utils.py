@@ -189,19 +189,21 @@ class PretrainedModel(nn.Layer):
         the launched processes (defaults: PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID, i.e. 1 / 0 outside a launch);
         the process group is started here unless the caller already did, and each rank reads only its slices.
         """
-        folder = resolve_model_dir(path_or_repo_id, None if config is not None else CONFIG_NAME)
-        if config is None:
-            config = cls.config_class.from_pretrained(folder, **config_overrides)
         degree, rank = 1, 0
         if cls._tp_plan is not None:
             degree, rank = tensor_parallel.resolve(tensor_parallel_degree, tensor_parallel_rank)
         elif tensor_parallel_degree not in (None, 1):
             raise ValueError(f"{cls.__name__} has no tensor-parallel plan: load it with tensor_parallel_degree=1")
+        if degree > 1:  # before anything that could fail on one rank only (the others would wait for it)
+            distributed.init()
+            path = str(path_or_repo_id)
+            distributed.check_same(os.path.realpath(path) if os.path.exists(path) else path, "the model path")
+        folder = resolve_model_dir(path_or_repo_id, None if config is not None else CONFIG_NAME)
+        if config is None:
+            config = cls.config_class.from_pretrained(folder, **config_overrides)
         if degree > 1:
             config = copy.deepcopy(config)  # the loaded model's config records its degree and rank
             tensor_parallel.check_degree(config, degree)
-            distributed.init()
-            distributed.check_same(os.path.realpath(folder), "the model path")
         target = resolve_dtype(dtype)
         files = checkpoint_files(folder)
         old = paddle.get_default_dtype()
