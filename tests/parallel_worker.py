@@ -58,6 +58,10 @@ def main(fixtures, out, tiny, other):
     with paddle.no_grad():
         res["last_logits"] = model(fwd["input_ids"], attention_mask=fwd["attention_mask"]).logits.numpy()[:, -1]
     del model
+    hf_folder = os.path.join(os.path.dirname(os.path.abspath(fixtures)), "public_hf")  # transformers' -hf layout
+    with paddle.no_grad():
+        res["hf_last_logits"] = Emu3ForCausalLM.from_pretrained(hf_folder)(
+            fwd["input_ids"], attention_mask=fwd["attention_mask"]).logits.numpy()[:, -1]
 
     # a vocabulary, intermediate size the degree does not divide: the split is uneven
     tiny_tp = Emu3ForCausalLM.from_pretrained(tiny)

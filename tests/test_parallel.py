@@ -78,8 +78,9 @@ def test_last_logits_match_the_original(results, fixtures_dir):
     ranks, _, _ = results
     ref = np.load(fixtures_dir / "refs" / "llm_forward_U_batch.npz")["last_logits"]
     for res in ranks:
-        assert res["last_logits"].shape == ref.shape
-        np.testing.assert_allclose(res["last_logits"], ref, atol=1e-4, rtol=0)
+        for key in ("last_logits", "hf_last_logits"):  # the original layout and transformers' -hf folder
+            assert res[key].shape == ref.shape
+            np.testing.assert_allclose(res[key], ref, atol=1e-4, rtol=0)
 
 
 def test_sampling_equals_one_process(results, single, fixtures_dir):
