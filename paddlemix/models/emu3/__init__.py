@@ -4,6 +4,7 @@ from .image_processing_emu3visionvq import Emu3VisionVQImageProcessor, smart_res
 from .modeling_emu3 import Emu3ForCausalLM, Emu3KVCache, Emu3Model
 from .modeling_emu3visionvq import Emu3VisionVQModel
 from .processing_emu3 import Emu3Processor
+from .token_ids import check_token_ids
 from .tokenization_emu3 import Emu3Tokenizer
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "Emu3VisionVQConfig",
     "Emu3VisionVQImageProcessor",
     "Emu3VisionVQModel",
+    "check_token_ids",
     "smart_resize",
 ]

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ... import ops
 from ..model_utils import on_gpu
 from .modeling_emu3 import Emu3KVCache, additive_mask, to_float32
+from .token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,10 @@ logger = logging.getLogger(__name__)
 def _int_array(value, name):
     if isinstance(value, paddle.Tensor):
         value = value.numpy()
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a rectangular array (rows of equal length; pad them)") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
     return arr.astype(np.int64)
@@ -118,13 +122,18 @@ def _left_pad(ids, mask, length, pad_id):
     )
 
 
-def _check_sampling(top_k, top_p, temperature):
+def _check_sampling(top_k, top_p, temperature, seed):
+    def number(v):
+        return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+
     if top_k is not None and (not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0):
         raise ValueError(f"top_k must be a non-negative integer or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+    if top_p is not None and not (number(top_p) and 0.0 < float(top_p) <= 1.0):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if temperature is None or not float(temperature) > 0.0:
+    if not (number(temperature) and float(temperature) > 0.0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
 
 
 def generate(
@@ -162,6 +171,7 @@ def generate(
     """
     config = model.config
     ids, mask = _prompt(input_ids, attention_mask, "input_ids")
+    check_token_ids(ids, config.vocab_size, "input_ids")
     batch, prompt_len = ids.shape
     if guidance_scale is not None and not isinstance(guidance_scale, (int, float, np.number)):
         raise ValueError(f"guidance_scale must be a number or None, got {guidance_scale!r}")
@@ -171,6 +181,7 @@ def generate(
             neg_ids, neg_mask = ids[:, -1:].copy(), np.ones((batch, 1), np.int64)
         else:
             neg_ids, neg_mask = _prompt(negative_prompt_ids, negative_prompt_attention_mask, "negative_prompt_ids")
+            check_token_ids(neg_ids, config.vocab_size, "negative_prompt_ids")
             if neg_ids.shape[0] != batch:
                 raise ValueError(
                     f"negative_prompt_ids has {neg_ids.shape[0]} rows but input_ids has {batch}: give one per prompt"
@@ -224,7 +235,7 @@ def generate(
             f"{config.max_position_embeddings}"
         )
     if do_sample:
-        _check_sampling(top_k, top_p, temperature)
+        _check_sampling(top_k, top_p, temperature, seed)
 
     # one batch: conditional rows, then unconditional rows, left-padded to a common length
     if use_cfg:

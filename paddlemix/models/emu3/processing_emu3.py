@@ -8,6 +8,7 @@ import re
 import numpy as np
 from PIL import Image
 
+from .token_ids import check_token_ids
 from .tokenization_emu3 import BatchEncoding, ids_to_array, to_tensor
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ class Emu3Processor:
         if mode == "G":
             if image is not None:
                 raise ValueError("mode 'G' (text-to-image) takes no image; use mode 'U' to ask about an image")
+            if not isinstance(ratio, (str, list, tuple)):
+                raise ValueError(f"ratio must be a 'W:H' string or a list of them, got {ratio!r}")
             ratios = [ratio] if isinstance(ratio, str) else list(ratio)
             if len(ratios) == 1:
                 ratios = ratios * len(texts)
@@ -213,7 +216,11 @@ class Emu3Processor:
     def codes_to_string(self, codes):
         """The visual-token text of a code grid ``[h, w]``: each row's tokens, rows joined by eol."""
         strings = self.visual_token_strings
-        return self.tokenizer.eol_token.join("".join([strings[c] for c in row]) for row in np.asarray(codes).tolist())
+        codes = np.asarray(codes)
+        if codes.ndim != 2:
+            raise ValueError(f"codes must be a [h, w] grid, got shape {list(codes.shape)}")
+        check_token_ids(codes, self.codebook_size, "codes")
+        return self.tokenizer.eol_token.join("".join([strings[c] for c in row]) for row in codes.tolist())
 
     def tokenize_image(self, images, padding_image=False):
         """Code grids (numpy int64 ``[h, w]``, one per image) of PIL images.
