@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from paddlemix import set_cpu_threads
 from paddlemix.models.emu3 import Emu3Processor, Emu3Tokenizer, Emu3VisionVQImageProcessor, Emu3VisionVQModel
@@ -35,6 +35,13 @@ def pair_up(images, questions):
         f"got {len(images)} --image_path and {len(questions)} --question: give one question per image, "
         "or one image (or one question) for the whole batch"
     )
+
+
+def open_image(path):
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read {path} as an image ({e})") from None
 
 
 def parse_args(argv=None):
@@ -59,8 +66,12 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     parser.add_argument("--seed", type=int, help="makes sampling reproducible")
     parser.add_argument(
-        "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-        help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)",
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="LM compute dtype (auto: bfloat16 on a GPU, float32 on CPU, where bf16/fp16 cannot run)",
+    )
+    parser.add_argument(
+        "--vq_dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+        help="vision tokenizer dtype (float32 as the original; bf16 changes the image codes)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
     args = parser.parse_args(argv)
@@ -88,11 +99,11 @@ def main(argv=None):
 
     tokenizer = Emu3Tokenizer.from_pretrained(args.tokenizer_path or args.model_path, padding_side="left")
     image_processor = Emu3VisionVQImageProcessor.from_pretrained(args.vq_model_path)
-    vision_tokenizer = Emu3VisionVQModel.from_pretrained(args.vq_model_path, dtype=args.dtype)
+    vision_tokenizer = Emu3VisionVQModel.from_pretrained(args.vq_model_path, dtype=args.vq_dtype)
     model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
 
-    images = [Image.open(path) for path in args.image_path]
+    images = [open_image(path) for path in args.image_path]
     inputs = processor(args.question, images, mode="U", padding_image=args.padding_image, return_tensors="pd")
     for i, (path, question) in enumerate(zip(args.image_path, args.question)):
         print(f"Question {i} ({path}): {question}")
@@ -114,4 +125,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        sys.exit(f"error: {e}")

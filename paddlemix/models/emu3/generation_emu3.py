@@ -173,8 +173,10 @@ def generate(
     ids, mask = _prompt(input_ids, attention_mask, "input_ids")
     check_token_ids(ids, config.vocab_size, "input_ids")
     batch, prompt_len = ids.shape
-    if guidance_scale is not None and not isinstance(guidance_scale, (int, float, np.number)):
-        raise ValueError(f"guidance_scale must be a number or None, got {guidance_scale!r}")
+    if guidance_scale is not None and (
+        not isinstance(guidance_scale, (int, float, np.number)) or not np.isfinite(guidance_scale)
+    ):
+        raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale!r}")
     use_cfg = guidance_scale is not None and float(guidance_scale) != 1.0
     if use_cfg:
         if negative_prompt_ids is None:
