@@ -2,6 +2,10 @@
 
 Parameter names equal the original checkpoint keys (``model.layers.0.self_attn.q_proj.weight``, ``lm_head.weight``),
 so the original safetensors load as they are; transformers' ``-hf`` names are mapped in ``_map_checkpoint_key``.
+
+Imports run one way: ``generation_emu3`` (the decoding loop, a function of the model) imports this file for the KV
+cache and the masks; this file does not import it at module level. ``Emu3ForCausalLM.generate`` is the public
+entry and calls the loop through a call-time import.
 """
 
 import logging
@@ -114,7 +118,9 @@ class Emu3KVCache:
 
     @classmethod
     def for_model(cls, config, batch_size, capacity, dtype):
-        return cls(config.num_hidden_layers, batch_size, capacity, config.num_key_value_heads, config.head_dim, dtype)
+        """The cache of a model; under tensor parallelism, of this rank's KV heads."""
+        kv_heads = config.num_key_value_heads // config.tensor_parallel_degree
+        return cls(config.num_hidden_layers, batch_size, capacity, kv_heads, config.head_dim, dtype)
 
     @property
     def capacity(self):
@@ -168,6 +174,12 @@ class Emu3Linear(nn.Linear):
 
     def forward(self, x):
         return ops.linear(x, self.weight)
+
+    def column_slice(self, start):
+        """A function x -> the outputs start.. of this layer (a contiguous copy of those weight columns, made once):
+        generation's lm_head over the visual tokens only."""
+        weight = self.weight[:, start:].contiguous()
+        return lambda x: ops.linear(x, weight)
 
 
 class Emu3MLP(nn.Layer):
@@ -302,6 +314,7 @@ class Emu3Model(nn.Layer):
             and attn_mask is not None
             and attn_mask.dtype == paddle.float32
             and self.config.hidden_act == "silu"
+            and self.config.tensor_parallel_degree == 1  # the op runs whole layers: no all-reduce inside it
             and ops.decoder_step_available(hidden)
         )
         all_hidden = []
@@ -356,6 +369,7 @@ def additive_mask(key_mask, q_len, past_len, dtype):
 
 class Emu3ForCausalLM(PretrainedModel):
     config_class = Emu3Config
+    _tp_plan = {"lm_head": "vocab"}  # with config.base_model_tp_plan: see ``from_pretrained(tensor_parallel_degree=)``
 
     def __init__(self, config):
         super().__init__(config)
@@ -445,7 +459,10 @@ class Emu3ForCausalLM(PretrainedModel):
         )
 
     def generate(self, input_ids, **kwargs):
-        """Text or image generation; see ``generation_emu3.generate`` for the arguments."""
+        """Text or image generation; see ``generation_emu3.generate`` for the arguments.
+
+        The loop lives in ``generation_emu3`` and takes the model; that module imports this one, never the reverse
+        (contract 3), so this public entry reaches it by the one import below, made when it is called."""
         from .generation_emu3 import generate
 
         return generate(self, input_ids, **kwargs)
