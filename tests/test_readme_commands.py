@@ -19,7 +19,6 @@ from PIL import Image
 
 from conftest import REPO_ROOT
 
-SCRIPTS = REPO_ROOT / "paddlemix" / "examples" / "emu3"
 
 PADDLEMIX_AUTOENCODE = """python paddlemix/examples/emu3/autoencode.py \\
     --model_path="BAAI/Emu3-VisionTokenizer" \\
