@@ -31,6 +31,12 @@ def gen(p, ids, **kwargs):
     return p["lm"].generate(ids, progress=False, **dict(dict(max_new_tokens=2), **kwargs))
 
 
+def image_ids(tok, bad):
+    """A complete 1x2 image whose second visual token is the id `bad`."""
+    first = tok.convert_tokens_to_ids("<|visual token 000000|>")
+    return [tok.boi_token_id, tok.img_token_id, first, bad, tok.eol_token_id, tok.eof_token_id, tok.eoi_token_id]
+
+
 # (name, call(parts), expected exception, regex the message must match, formatted with the vocabulary size V and
 # the codebook size K)
 CASES = [
@@ -74,6 +80,10 @@ CASES = [
     ("processor decode id = vocab_size", lambda p: p["proc"].decode([1, p["V"] + 10]), ValueError, r"\[{V10}\]"),
     ("processor decode negative id", lambda p: p["proc"].decode([1, -5]), ValueError, r"\[-5\]"),
     ("processor batch_decode", lambda p: p["proc"].batch_decode([[1, p["V"]]]), ValueError, r"\[{V}\]"),
+    ("processor decode id inside an image", lambda p: p["proc"].decode(image_ids(p["tok"], p["V"] + 5)), ValueError,
+     r"\[{V5}\]"),
+    ("processor decode negative id inside an image", lambda p: p["proc"].decode(image_ids(p["tok"], -1)), ValueError,
+     r"\[-1\]"),
     ("processor decode 2-D", lambda p: p["proc"].decode([[1, 2]]), ValueError, "batch_decode"),
     ("processor int ratio", lambda p: p["proc"]("a", ratio=1), ValueError, "ratio"),
     ("processor codes beyond the codebook", lambda p: p["proc"].codes_to_string(np.array([[p["K"]]])), ValueError,

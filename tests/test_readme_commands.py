@@ -164,3 +164,18 @@ def test_paddlemix_understanding_command(fixtures_dir, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == f"Question 0 ({fixtures_dir / 'inputs' / 'img_a.png'}): Please describe the image breifly"
     assert any(line.startswith("Answer 0: ") for line in lines), result.stdout
+
+
+def test_auto_dtype_suits_the_device(monkeypatch, caplog):
+    """--dtype auto (the scripts' default): bfloat16 on a GPU, float32 on CPU, with no warning either way."""
+    from paddlemix.models import model_utils
+
+    for gpu, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(model_utils, "on_gpu", lambda: gpu)
+        with caplog.at_level("WARNING"):
+            assert model_utils.resolve_dtype("auto") == expected
+        assert not caplog.records
+    monkeypatch.setattr(model_utils, "on_gpu", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert model_utils.resolve_dtype("bfloat16") == "float32"  # an explicit bf16 on CPU is upcast and says so
+    assert "float32" in caplog.text

@@ -288,6 +288,7 @@ class Emu3Processor:
     def _split_pieces(self, ids, skip_special_tokens):
         """Text pieces (str) and code grids (np.ndarray) of one id array."""
         tok = self.tokenizer
+        check_token_ids(ids, tok.vocab_size, "token_ids")  # also inside images, where ids are not decoded as text
         if skip_special_tokens:
             text = tok.decode(ids, skip_special_tokens=True)
             return [text] if text else []
