@@ -59,6 +59,8 @@ CASES = [
     ("generate negative id", lambda p: gen(p, [[1, -2]]), ValueError, r"input_ids .*out of range.*\[-2\]"),
     ("generate bad negative prompt", lambda p: gen(p, [[1, 2]], negative_prompt_ids=[[p["V"] + 1]], guidance_scale=3.0),
      ValueError, r"negative_prompt_ids .*out of range.*\[{V1}\]"),
+    ("generate right-padded prompt", lambda p: gen(p, [[1, 2, 3], [4, 5, 0]], attention_mask=[[1, 1, 1], [1, 1, 0]]),
+     ValueError, r"row\(s\) \[1\] end with padding"),
     ("generate ragged prompts", lambda p: gen(p, [[1, 2], [3]]), ValueError, "rectangular"),
     ("generate top_p text", lambda p: gen(p, [[1, 2]], do_sample=True, top_p="a"), ValueError, "top_p"),
     ("generate temperature text", lambda p: gen(p, [[1, 2]], do_sample=True, temperature="a"), ValueError,

@@ -73,6 +73,12 @@ def _prompt(ids, mask, name):
     empty = np.flatnonzero(mask.sum(axis=1) == 0)
     if empty.size:
         raise ValueError(f"{name} row(s) {empty.tolist()} are empty (attention mask all 0)")
+    right = np.flatnonzero(mask[:, -1] == 0)
+    if right.size:
+        raise ValueError(
+            f"{name} row(s) {right.tolist()} end with padding: generation continues after the last token, so pad "
+            "prompts on the left (the tokenizer's padding_side='left')"
+        )
     return ids, mask
 
 
