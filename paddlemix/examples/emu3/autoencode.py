@@ -8,6 +8,8 @@ Examples:
       --image_path demo_images/emu3_demo.png --output_dir out
   python paddlemix/examples/emu3/autoencode.py --model_path path/to/vision_tokenizer \\
       --image_path folder_of_images --video_path folder_of_frames --output_dir out
+  # transformers' -hf folder (BAAI/Emu3-Gen-hf holds the vision tokenizer too)
+  python paddlemix/examples/emu3/autoencode.py --model_path BAAI/Emu3-Gen-hf --output_dir out
 
 A video is a folder of frame images, read in file-name order and encoded in clips of
 temporal_downsample_factor frames (4 for Emu3), as the original autoencode example does. When the frame count is not

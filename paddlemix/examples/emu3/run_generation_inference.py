@@ -6,6 +6,9 @@ Examples:
   # a batch with one aspect ratio ("W:H") per prompt, greedy decoding
   python paddlemix/examples/emu3/run_generation_inference.py --model_path DIR --vq_model_path VQ_DIR \\
       --prompt "a portrait of young girl." --ratio 1:1 --prompt "a shiba inu" --ratio 16:9 --greedy
+  # transformers' -hf folder: the vision tokenizer and tokenizer come from it too; its config has no image_area,
+  # so 518400 (720x720, Emu3-Gen's) is used unless --image_area is given
+  python paddlemix/examples/emu3/run_generation_inference.py --model_path BAAI/Emu3-Gen-hf --prompt "a shiba inu"
   # small checkpoints in the fixtures' layout (a folder with llm/, vision_tokenizer/, tokenizer/)
   python paddlemix/examples/emu3/run_generation_inference.py --demo ../shared/fixtures/public --prompt "a cat"
 
@@ -21,6 +24,7 @@ import os
 import sys
 
 from paddlemix import set_cpu_threads
+from paddlemix.models.emu3.hf_layout import resolve_model_paths
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 from paddlemix.models.emu3.image_processing_emu3visionvq import Emu3VisionVQImageProcessor
 from paddlemix.models.emu3.modeling_emu3visionvq import Emu3VisionVQModel
@@ -37,15 +41,17 @@ NEGATIVE_PROMPT = (
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", default="BAAI/Emu3-Gen", help="Emu3 generation model folder or hub id")
-    parser.add_argument("--vq_model_path", default="BAAI/Emu3-VisionTokenizer", help="vision tokenizer folder or hub id")
-    parser.add_argument("--tokenizer_path", help="folder with emu3.tiktoken (default: --model_path)")
+    parser.add_argument("--vq_model_path", help="vision tokenizer folder or hub id (default: --model_path for a "
+                        "transformers -hf folder, else BAAI/Emu3-VisionTokenizer)")
+    parser.add_argument("--tokenizer_path", help="folder with emu3.tiktoken or tokenizer.json (default: --model_path)")
     parser.add_argument("--demo", metavar="DIR",
                         help="a folder with llm/, vision_tokenizer/ and tokenizer/ (the fixtures' layout); "
                              "sets the three paths above")
     parser.add_argument("--prompt", action="append", required=True, help="a text prompt (repeatable for a batch)")
     parser.add_argument("--ratio", action="append",
                         help='aspect ratio "W:H" (default 1:1); one for all prompts or one per prompt')
-    parser.add_argument("--image_area", type=int, help="pixels of the image (default: the model config's image_area)")
+    parser.add_argument("--image_area", type=int,
+                        help="pixels of the image (default: the model config's image_area; 518400 for an -hf folder)")
     parser.add_argument("--height", type=int,
                         help="with --width: the image area is height*width (PaddleMIX's meaning); the aspect is "
                              "--ratio when given, else width:height")
@@ -102,9 +108,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     set_cpu_threads(args.threads)
-    tokenizer = Emu3Tokenizer.from_pretrained(args.tokenizer_path or args.model_path, padding_side="left")
-    image_processor = Emu3VisionVQImageProcessor.from_pretrained(args.vq_model_path)
-    vision_tokenizer = Emu3VisionVQModel.from_pretrained(args.vq_model_path, dtype=args.vq_dtype)
+    vq_model_path, tokenizer_path = resolve_model_paths(args.model_path, args.vq_model_path, args.tokenizer_path)
+    tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
+    image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
+    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.vq_dtype)
     model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
 

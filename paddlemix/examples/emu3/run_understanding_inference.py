@@ -4,6 +4,9 @@ Examples:
   python paddlemix/examples/emu3/run_understanding_inference.py --model_path BAAI/Emu3-Chat \\
       --vq_model_path BAAI/Emu3-VisionTokenizer --image_path demo_images/emu3_demo.png \\
       --question "Please describe the image"
+  # transformers' -hf folder (BAAI/Emu3-Chat-hf): --model_path alone (vision tokenizer and tokenizer from it too)
+  python paddlemix/examples/emu3/run_understanding_inference.py --model_path BAAI/Emu3-Chat-hf \\
+      --image_path demo_images/emu3_demo.png --question "Please describe the image"
   # a batch: repeat --image_path and --question (one image for all questions, or one question for all images)
   python paddlemix/examples/emu3/run_understanding_inference.py --model_path DIR --vq_model_path VQ_DIR \\
       --image_path a.png --question "What is this?" --image_path b.png --question "What color is it?"
@@ -20,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from paddlemix import set_cpu_threads
 from paddlemix.models.emu3 import Emu3Processor, Emu3Tokenizer, Emu3VisionVQImageProcessor, Emu3VisionVQModel
+from paddlemix.models.emu3.hf_layout import resolve_model_paths
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 
 
@@ -47,10 +51,9 @@ def open_image(path):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", default="BAAI/Emu3-Chat", help="Emu3 chat model folder or hub id")
-    parser.add_argument(
-        "--vq_model_path", default="BAAI/Emu3-VisionTokenizer", help="vision tokenizer folder or hub id"
-    )
-    parser.add_argument("--tokenizer_path", help="folder with emu3.tiktoken (default: --model_path)")
+    parser.add_argument("--vq_model_path", help="vision tokenizer folder or hub id (default: --model_path for a "
+                        "transformers -hf folder, else BAAI/Emu3-VisionTokenizer)")
+    parser.add_argument("--tokenizer_path", help="folder with emu3.tiktoken or tokenizer.json (default: --model_path)")
     parser.add_argument("--image_path", action="append", required=True, help="an image file (repeatable)")
     parser.add_argument("--question", action="append", required=True, help="a question (repeatable)")
     parser.add_argument("--max_new_tokens", type=int, default=1024, help="longest answer in tokens")
@@ -97,9 +100,10 @@ def main(argv=None):
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # answers of untrained or cut-short models may hold U+FFFD
 
-    tokenizer = Emu3Tokenizer.from_pretrained(args.tokenizer_path or args.model_path, padding_side="left")
-    image_processor = Emu3VisionVQImageProcessor.from_pretrained(args.vq_model_path)
-    vision_tokenizer = Emu3VisionVQModel.from_pretrained(args.vq_model_path, dtype=args.vq_dtype)
+    vq_model_path, tokenizer_path = resolve_model_paths(args.model_path, args.vq_model_path, args.tokenizer_path)
+    tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
+    image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
+    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.vq_dtype)
     model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
 

@@ -140,7 +140,8 @@ class Emu3Config(PretrainedConfig):
     def _normalize_dict(cls, d):
         """Accept transformers' ``-hf`` layouts: model_type "emu3" with text_config, vq_config and vocabulary_map, or
         a bare text config (model_type "emu3_text_model"); RoPE as rope_theta/rope_scaling (4.x) or rope_parameters
-        (5.x)."""
+        (5.x). Such configs carry no image_area: it keeps the default 518400 (Emu3-Gen's 720 x 720, also
+        transformers' processor default) unless given, e.g. ``Emu3Config.from_pretrained(path, image_area=...)``."""
         if "text_config" in d:
             text = dict(d["text_config"] or {})
         elif d.get("model_type") == "emu3_text_model":

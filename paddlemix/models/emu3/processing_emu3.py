@@ -8,8 +8,12 @@ import re
 import numpy as np
 from PIL import Image
 
+from .configuration_emu3 import Emu3Config
+from .hf_layout import resolve_model_paths
+from .image_processing_emu3visionvq import Emu3VisionVQImageProcessor
+from .modeling_emu3visionvq import Emu3VisionVQModel
 from .token_ids import check_token_ids
-from .tokenization_emu3 import BatchEncoding, ids_to_array, to_tensor
+from .tokenization_emu3 import BatchEncoding, Emu3Tokenizer, ids_to_array, to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +103,25 @@ class Emu3Processor:
             re.escape(prefix_template).replace(r"\{H\}", r"(?P<H>\d+)").replace(r"\{W\}", r"(?P<W>\d+)")
         )
 
+    @classmethod
+    def from_pretrained(cls, model_path, vq_model_path=None, tokenizer_path=None, image_area=None, dtype=None):
+        """Image processor, vision tokenizer and tokenizer of one model.
+
+        An ``-hf`` folder (transformers' layout) holds all three; for the original layout the tokenizer comes from
+        ``model_path`` (``BAAI/Emu3-Gen``) and the vision tokenizer from ``vq_model_path`` (default
+        ``BAAI/Emu3-VisionTokenizer``). ``image_area`` defaults to the model config's (518400 for an -hf config,
+        which has none; see ``hf_layout``). ``dtype`` is the vision tokenizer's.
+        """
+        vq_model_path, tokenizer_path = resolve_model_paths(model_path, vq_model_path, tokenizer_path)
+        if image_area is None:
+            image_area = Emu3Config.from_pretrained(model_path).image_area
+        return cls(
+            Emu3VisionVQImageProcessor.from_pretrained(vq_model_path),
+            Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=dtype),
+            Emu3Tokenizer.from_pretrained(tokenizer_path),
+            image_area=image_area,
+        )
+
     def __call__(
         self,
         text,
@@ -143,6 +166,9 @@ class Emu3Processor:
         processor's ``image_area``), rounded half to even as the original.
         Mode "U" (understanding): ``bos + chat_template`` with the image prompt
         ``boi + "{h}*{w}" + img + rows of visual tokens joined by eol + eol + eof + eoi``; one PIL image per text.
+        Texts holding ``<image>`` placeholders (transformers' style, e.g. from its chat template) are whole prompts:
+        ``bos + text`` with each placeholder replaced by the image prompt of the next image (``image`` lists the
+        images of all texts in order; see ``expand_image_placeholders``).
         ``padding_image`` pads images of different sizes to a common size before encoding them as one batch
         (the original's behaviour, which changes codes near the padded border); see ``tokenize_image``.
 
@@ -173,22 +199,53 @@ class Emu3Processor:
                     tok.bos_token + text_prompt + tok.boi_token + self.prefix_template.format(H=h, W=w) + tok.img_token
                 )
                 sizes.append((h, w))
+        elif any(tok.image_token in t for t in texts):
+            counts = [t.count(tok.image_token) for t in texts]
+            if not all(counts):
+                raise ValueError(f"either every text holds {tok.image_token} placeholders or none does; got {counts}")
+            images = self._check_images(image, sum(counts), per="placeholder")
+            grids = self.tokenize_image(images, padding_image=padding_image)
+            for text_prompt, end in zip(texts, np.cumsum(counts)):
+                own = grids[end - text_prompt.count(tok.image_token): end]
+                prompts.append(tok.bos_token + self.expand_image_placeholders(text_prompt, own))
+                sizes.append(own[0].shape)
         else:
             images = self._check_images(image, len(texts))
             for text_prompt, codes in zip(texts, self.tokenize_image(images, padding_image=padding_image)):
-                h, w = codes.shape
-                image_prompt = (
-                    tok.boi_token
-                    + self.prefix_template.format(H=h, W=w)
-                    + tok.img_token
-                    + self.codes_to_string(codes)
-                    + tok.eol_token
-                    + tok.eof_token
-                    + tok.eoi_token
-                )
+                image_prompt = self.image_prompt(codes)
                 prompts.append(tok.bos_token + self.chat_template.format(image_prompt=image_prompt, text_prompt=text_prompt))
-                sizes.append((h, w))
+                sizes.append(codes.shape)
         return prompts, sizes
+
+    def image_prompt(self, codes):
+        """The prompt text of one image's code grid ``[h, w]``: ``boi + "{h}*{w}" + img + rows of visual tokens
+        joined by eol + eol + eof + eoi``."""
+        tok = self.tokenizer
+        h, w = np.shape(codes)
+        return (
+            tok.boi_token
+            + self.prefix_template.format(H=h, W=w)
+            + tok.img_token
+            + self.codes_to_string(codes)
+            + tok.eol_token
+            + tok.eof_token
+            + tok.eoi_token
+        )
+
+    def expand_image_placeholders(self, text, grids):
+        """``text`` with its ``<image>`` placeholders (transformers' style; ``tokenizer.image_token``) replaced, in
+        order, by the image prompts of ``grids`` (one code grid per placeholder).
+
+        transformers expands each placeholder to ``h * (w + 1)`` ``<image>`` tokens that its model replaces by the
+        codes; the ids the model sees are those of this text, so prompts match the original's ids exactly.
+        """
+        parts = text.split(self.tokenizer.image_token)
+        if len(parts) - 1 != len(grids):
+            raise ValueError(
+                f"the text holds {len(parts) - 1} {self.tokenizer.image_token} placeholders for {len(grids)} images: "
+                "give one placeholder per image"
+            )
+        return parts[0] + "".join(self.image_prompt(g) + part for g, part in zip(grids, parts[1:]))
 
     @staticmethod
     def _check_texts(text):
@@ -203,14 +260,14 @@ class Emu3Processor:
         return list(texts)
 
     @staticmethod
-    def _check_images(image, n_texts):
+    def _check_images(image, n_wanted, per="text"):
         if image is None:
-            raise ValueError("mode 'U' (understanding) needs an image: pass one PIL image per text")
+            raise ValueError(f"mode 'U' (understanding) needs an image: pass one PIL image per {per}")
         images = [image] if isinstance(image, Image.Image) else image
         if not isinstance(images, (list, tuple)) or not all(isinstance(im, Image.Image) for im in images):
             raise ValueError("image must be a PIL.Image.Image or a list of them")
-        if len(images) != n_texts:
-            raise ValueError(f"got {len(images)} images for {n_texts} texts: pass exactly one image per text")
+        if len(images) != n_wanted:
+            raise ValueError(f"got {len(images)} images for {n_wanted} {per}s: pass exactly one image per {per}")
         return list(images)
 
     def codes_to_string(self, codes):
