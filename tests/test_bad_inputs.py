@@ -87,6 +87,8 @@ CASES = [
     ("processor decode negative id inside an image", lambda p: p["proc"].decode(image_ids(p["tok"], -1)), ValueError,
      r"\[-1\]"),
     ("processor decode 2-D", lambda p: p["proc"].decode([[1, 2]]), ValueError, "batch_decode"),
+    ("processor infinite image_area", lambda p: p["proc"]("a", image_area=float("inf")), ValueError, "image_area"),
+    ("processor NaN image_area", lambda p: p["proc"]("a", image_area=float("nan")), ValueError, "image_area"),
     ("processor int ratio", lambda p: p["proc"]("a", ratio=1), ValueError, "ratio"),
     ("processor codes beyond the codebook", lambda p: p["proc"].codes_to_string(np.array([[p["K"]]])), ValueError,
      r"codes .*out of range \[0, {K}\)"),

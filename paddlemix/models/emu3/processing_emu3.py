@@ -191,7 +191,7 @@ class Emu3Processor:
             if len(ratios) != len(texts):
                 raise ValueError(f"got {len(ratios)} ratios for {len(texts)} prompts: pass one ratio or one per prompt")
             area = self.image_area if image_area is None else image_area
-            if isinstance(area, bool) or not isinstance(area, (int, float)) or area <= 0:
+            if isinstance(area, bool) or not isinstance(area, (int, float)) or not 0 < area < math.inf:
                 raise ValueError(f"image_area must be a positive number of pixels, got {area!r}")
             for text_prompt, r in zip(texts, ratios):
                 h, w = calculate_generate_size(r, area, self.spatial_factor)
