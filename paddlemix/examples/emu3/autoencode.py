@@ -93,7 +93,7 @@ def main(argv=None):
     parser.add_argument("--output_dir", default="autoencode_output", help="where the reconstructions are written")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
     parser.add_argument(
-        "--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
         help="float32 as the original; bf16/fp16 need a GPU and change the codes",
     )
     args = parser.parse_args(argv)

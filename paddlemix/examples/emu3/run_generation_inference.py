@@ -50,8 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--prompt", action="append", required=True, help="a text prompt (repeatable for a batch)")
     parser.add_argument("--ratio", action="append",
                         help='aspect ratio "W:H" (default 1:1); one for all prompts or one per prompt')
-    parser.add_argument("--image_area", type=int,
-                        help="pixels of the image (default: the model config's image_area; 518400 for an -hf folder)")
+    parser.add_argument("--image_area", type=int, help="pixels of the image (default: the model config's image_area; 518400 for an -hf folder)")
     parser.add_argument("--height", type=int,
                         help="with --width: the image area is height*width (PaddleMIX's meaning); the aspect is "
                              "--ratio when given, else width:height")
@@ -68,7 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--max_new_tokens", type=int, help="new-token budget (default: exactly the image grid)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="LM compute dtype (auto: bfloat16 on a GPU, float32 on CPU, where bf16/fp16 cannot run)")
-    parser.add_argument("--vq_dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+    parser.add_argument("--vq_dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="vision tokenizer dtype (float32 as the original; bf16 changes the decoded pixels)")
     parser.add_argument("--output_dir", default="outputs", help="where the PNGs go")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")

@@ -73,7 +73,7 @@ def parse_args(argv=None):
         help="LM compute dtype (auto: bfloat16 on a GPU, float32 on CPU, where bf16/fp16 cannot run)",
     )
     parser.add_argument(
-        "--vq_dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+        "--vq_dtype", default="float32", choices=["float32", "bfloat16", "float16"],
         help="vision tokenizer dtype (float32 as the original; bf16 changes the image codes)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
