@@ -35,7 +35,14 @@ def processor(fixtures_dir):
     )
 
 
-@pytest.fixture(params=["compiled", "fallback"])
+def _default_ops_id():
+    """The test id of generate's default path, saying what it runs here (the extension may be absent or disabled)."""
+    from paddlemix import ops
+
+    return "compiled" if ops.extension() is not None else "default-is-fallback"
+
+
+@pytest.fixture(params=["compiled", "fallback"], ids=[_default_ops_id(), "fallback"])
 def ops_path(request, monkeypatch):
     """generate always runs under paddle.no_grad() in eval mode, as the scripts do: "compiled" is that path with the
     compiled CPU kernels where the extension is built (ops.decoder_step per step, ops.cfg_sample, ...); "fallback"

@@ -19,7 +19,11 @@ def extension_expected():
     return os.environ.get("CI", "").lower() == "true" and os.environ.get("PADDLEMIX_DISABLE_EXT_OPS", "0") in ("", "0")
 
 
-@pytest.fixture(params=["inference", "autograd"])
+# the test ids say which kernels the inference path runs here: "inference-compiled" or "inference-fallback"
+INFERENCE_ID = "inference-" + ("compiled" if ops.extension() is not None else "fallback")
+
+
+@pytest.fixture(params=["inference", "autograd"], ids=[INFERENCE_ID, "autograd"])
 def path(request, monkeypatch):
     """How the forward runs. "inference": as generate and the scripts run it (eval mode, paddle.no_grad()), which
     takes the compiled CPU kernels where the extension is built (ops.linear's kernel too, forced on for the small
