@@ -1,6 +1,7 @@
 """Emu3Config and Emu3ForCausalLM against the original's forward references (llm_forward_*.npz) and by construction."""
 
 import json
+import os
 
 import numpy as np
 import paddle
