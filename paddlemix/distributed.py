@@ -81,7 +81,82 @@ def cpu_share():
 
 
 def quiet_other_ranks():
-    """Logs come from rank 0 only: other ranks keep warnings and errors."""
+    """Logs come from rank 0 only: other ranks keep errors."""
     if not is_main():
-        logging.getLogger().setLevel(logging.WARNING)
-        logging.getLogger("paddlemix").setLevel(logging.WARNING)
+        logging.getLogger().setLevel(logging.ERROR)
+        logging.getLogger("paddlemix").setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------- the example scripts' plumbing
+PARALLEL_HELP = (
+    "how launched processes share the work (python -m paddle.distributed.launch --nproc_per_node N ...): "
+    "'tensor' splits the language model over them (default with several processes), 'data' gives each its share "
+    "of the prompts or images; ignored in a single process"
+)
+
+
+class Launch:
+    """How a script's work is shared out: ``mode`` "tensor", "data" or None (one process).
+
+    ``tensor_parallel_degree``: what to pass to ``from_pretrained``. ``mine(count)``: the items this rank generates
+    (data: its contiguous share; otherwise all). ``split(indices)``: the part of them this rank post-processes
+    (decodes and writes; under tensor parallelism every rank holds every result, so the ranks share that work).
+    ``gather(items)``: every rank's list, concatenated in rank order, on rank 0 (other ranks get [])."""
+
+    def __init__(self, parallel=None):
+        if parallel not in (None, "tensor", "data"):
+            raise ValueError(f"--parallel must be 'tensor' or 'data', got {parallel!r}")
+        self.rank, self.size = world()
+        self.mode = None if self.size == 1 else parallel or "tensor"
+        if self.mode is not None:
+            init()
+            quiet_other_ranks()
+            logger.info("%d processes, %s parallel", self.size, self.mode)
+
+    @property
+    def tensor_parallel_degree(self):
+        return self.size if self.mode == "tensor" else 1
+
+    def mine(self, count, what="prompts"):
+        if self.mode != "data":
+            return range(count)
+        if count < self.size and self.rank == 0:
+            logger.warning("%d %s over %d data-parallel processes: ranks %d..%d have nothing to do and stay idle",
+                           count, what, self.size, count, self.size - 1)
+        return share(count, self.rank, self.size)
+
+    def split(self, indices):
+        indices = list(indices)
+        if self.mode != "tensor":
+            return indices
+        return [indices[i] for i in share(len(indices), self.rank, self.size)]
+
+    def gather(self, items):
+        if self.mode is None:
+            return list(items)
+        gathered = all_gather_object(list(items))
+        return [x for part in gathered for x in part] if self.rank == 0 else []
+
+
+def read_prompts_file(path):
+    """Prompts of a ``--prompts_file``: one per line, UTF-8; a line may end with a tab and an aspect ratio "W:H"
+    (``a red fox<TAB>16:9``); blank lines are skipped. Returns [(prompt, ratio or None)]."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--prompts_file {path} is not a file")
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            prompt, _, ratio = line.partition("\t")
+            ratio = ratio.strip() or None
+            if not prompt.strip():
+                raise ValueError(f"{path} line {number}: empty prompt before the tab")
+            if ratio is not None and (ratio.count(":") != 1 or not all(p.strip().isdigit() and int(p) > 0
+                                                                       for p in ratio.split(":"))):
+                raise ValueError(f"{path} line {number}: ratio {ratio!r} is not W:H with positive integers")
+            entries.append((prompt, ratio))
+    if not entries:
+        raise ValueError(f"--prompts_file {path} holds no prompts")
+    return entries

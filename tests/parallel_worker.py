@@ -67,6 +67,8 @@ def main(fixtures, out, tiny, other):
     with paddle.no_grad():
         res["tiny_logits"] = tiny_tp(ids).logits.numpy()
     res["tiny_tokens"] = tiny_tp.generate(ids, max_new_tokens=6, progress=False).numpy()
+    tiny_tp.train()
+    errors["train"] = error_of(lambda: tiny_tp(ids))
     np.savez(os.path.join(out, f"rank{rank}.npz"), **res)
     with open(os.path.join(out, f"rank{rank}.json"), "w", encoding="utf-8") as f:
         json.dump(errors, f)

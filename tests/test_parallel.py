@@ -138,6 +138,7 @@ def test_clear_errors(results):
         assert "does not divide num_key_value_heads 1" in err["kv_heads"]
         assert "does not divide num_attention_heads 3" in err["heads"]
         assert "disagree on the model path" in err["paths"] and "rank 1" in err["paths"]
+        assert "inference only" in err["train"] and "tensor_parallel_degree=1" in err["train"]
 
 
 def test_degree_without_a_launch_is_refused(fixtures_dir):
@@ -145,3 +146,59 @@ def test_degree_without_a_launch_is_refused(fixtures_dir):
         Emu3ForCausalLM.from_pretrained(str(fixtures_dir / "llm"), tensor_parallel_degree=2, tensor_parallel_rank=0)
     with pytest.raises(ValueError, match="tensor_parallel_rank must be in"):
         Emu3ForCausalLM.from_pretrained(str(fixtures_dir / "llm"), tensor_parallel_degree=2, tensor_parallel_rank=2)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_slice_reader_reads_only_the_rank_rows(tmp_path, monkeypatch, bf16):
+    """model_utils._read_tensor with a tensor-parallel part: numpy's slice of the checkpoint tensor (transposed for a
+    Linear), in 64-row blocks; a row slice touches (releases) only its own rows' bytes."""
+    from paddlemix.models import model_utils
+    from paddlemix.models.safetensors_io import SafetensorsFile, bf16_to_f32, f32_to_bf16, save_file
+
+    rng = np.random.default_rng(1)
+    full = rng.standard_normal((301, 70)).astype(np.float32)  # checkpoint layout [out, in]
+    stored = f32_to_bf16(full) if bf16 else full
+    save_file({"w": stored}, str(tmp_path / "m.safetensors"), {"format": "pt"}, {"w"} if bf16 else set())
+    want_full = bf16_to_f32(f32_to_bf16(full)) if bf16 else full
+    monkeypatch.setattr(model_utils, "_CHUNK_BYTES", 64 * 70 * stored.itemsize)
+    st = SafetensorsFile(str(tmp_path / "m.safetensors"))
+    released = []
+    monkeypatch.setattr(st, "release", lambda key, a, b: released.append((a, b)))
+    row_bytes = 70 * stored.itemsize
+    try:
+        for (axis, start, stop), transpose in [((0, 151, 301), True), ((1, 35, 70), True), ((0, 0, 151), False)]:
+            released.clear()
+            part = want_full[start:stop] if axis == 0 else want_full[:, start:stop]
+            shape = list(part.T.shape if transpose else part.shape)
+            got = model_utils._read_tensor(st, "w", shape, "float32", transpose, (axis, start, stop))
+            np.testing.assert_array_equal(got, part.T if transpose else part)
+            if axis == 0:
+                assert released[0][0] == start * row_bytes and all(a < stop * row_bytes for a, _ in released)
+    finally:
+        st.close()
+
+
+def test_launch_environment_helpers(tmp_path, monkeypatch):
+    from paddlemix import distributed
+
+    assert [list(distributed.share(7, r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [list(distributed.share(1, r, 2)) for r in range(2)] == [[0], []]
+    assert shares(787, 2) == [394, 393] and shares(8, 4) == [2, 2, 2, 2] and bounds(10, 3, 2) == (7, 10)
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    monkeypatch.setenv("PADDLE_LOCAL_SIZE", "2")
+    assert distributed.cpu_share() == max(1, cpus // 2)
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "two")
+    with pytest.raises(ValueError, match="PADDLE_TRAINERS_NUM='two' is not an integer"):
+        distributed.world()
+
+    good = tmp_path / "prompts.txt"
+    good.write_text("a cat\n\n  \na red fox\t16:9\r\n", encoding="utf-8")
+    assert distributed.read_prompts_file(str(good)) == [("a cat", None), ("a red fox", "16:9")]
+    for text, message in [("a cat\t16-9\n", "line 1: ratio '16-9' is not W:H"), ("\t1:1\n", "line 1: empty prompt"),
+                          ("\n\n", "holds no prompts"), ("x\t0:1\n", "ratio '0:1'")]:
+        good.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=message):
+            distributed.read_prompts_file(str(good))
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        distributed.read_prompts_file(str(tmp_path / "missing.txt"))

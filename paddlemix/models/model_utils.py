@@ -12,6 +12,7 @@ Checkpoint keys are the original PyTorch ``state_dict()`` names; each model maps
   convolution ``[out, in, 1, 1]``) is reshaped.
 """
 
+import copy
 import json
 import logging
 import os
@@ -200,6 +201,7 @@ class PretrainedModel(nn.Layer):
         elif tensor_parallel_degree not in (None, 1):
             raise ValueError(f"{cls.__name__} has no tensor-parallel plan: load it with tensor_parallel_degree=1")
         if degree > 1:
+            config = copy.deepcopy(config)  # the loaded model's config records its degree and rank
             tensor_parallel.check_degree(config, degree)
             distributed.init()
             distributed.check_same(os.path.realpath(folder), "the model path")

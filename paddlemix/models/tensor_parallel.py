@@ -121,6 +121,11 @@ class VocabParallelEmbedding(nn.Layer):
         self.weight = self.create_parameter([stop - start, embedding_dim])
 
     def forward(self, ids):
+        if self.training:
+            raise ValueError(
+                "a tensor-parallel model runs inference only (its all-reduces have no backward rule): load the model "
+                "with tensor_parallel_degree=1 to train it (data parallel under paddle.distributed.launch)"
+            )
         local = ids - self.start
         inside = (local >= 0) & (local < self.stop - self.start)
         out = F.embedding(paddle.where(inside, local, paddle.zeros_like(local)), self.weight)
