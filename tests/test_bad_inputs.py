@@ -61,6 +61,7 @@ CASES = [
      ValueError, r"negative_prompt_ids .*out of range.*\[{V1}\]"),
     ("generate right-padded prompt", lambda p: gen(p, [[1, 2, 3], [4, 5, 0]], attention_mask=[[1, 1, 1], [1, 1, 0]]),
      ValueError, r"row\(s\) \[1\] end with padding"),
+    ("generate streamer without put/end", lambda p: gen(p, [[1, 2]], streamer=5), ValueError, "put.*end"),
     ("generate ragged prompts", lambda p: gen(p, [[1, 2], [3]]), ValueError, "rectangular"),
     ("generate top_p text", lambda p: gen(p, [[1, 2]], do_sample=True, top_p="a"), ValueError, "top_p"),
     ("generate temperature text", lambda p: gen(p, [[1, 2]], do_sample=True, temperature="a"), ValueError,

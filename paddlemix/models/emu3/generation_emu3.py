@@ -239,6 +239,8 @@ def generate(
         ``put(new tokens [B])`` after every step, then ``end()``.
     Rows that produced eos continue with pad_token_id; generation stops once every row has.
     """
+    if streamer is not None and not all(callable(getattr(streamer, m, None)) for m in ("put", "end")):
+        raise ValueError(f"streamer must have put(token_ids) and end() methods, got {type(streamer).__name__}")
     req = _validate(
         model.config, input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, guidance_scale,
         image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed, past_key_values,
