@@ -47,12 +47,15 @@ def on_gpu():
 
 
 def resolve_dtype(dtype):
-    """The dtype the model computes in. bf16/fp16 need a GPU: on CPU they are upcast to float32, with a log line."""
+    """The dtype the model computes in. bf16/fp16 need a GPU: on CPU they are upcast to float32, with a log line.
+    ``"auto"``: what suits the device, bfloat16 on a GPU and float32 (the only CPU compute dtype) on CPU."""
     if dtype is None:
         return "float32"
+    if dtype == "auto":
+        return "bfloat16" if on_gpu() else "float32"
     name = str(dtype).replace("paddle.", "")
     if name not in _DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; use one of float32, bfloat16, float16")
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of auto, float32, bfloat16, float16")
     name = _DTYPES[name]
     if name != "float32" and not on_gpu():
         logger.warning(

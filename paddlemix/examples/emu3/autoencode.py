@@ -100,7 +100,8 @@ def main(argv=None):
     parser.add_argument("--parallel", choices=["tensor", "data"],
                         help="accepted as by the other scripts; launched processes always share the images out")
     parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="bf16/fp16 need a GPU"
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="float32 as the original; bf16/fp16 need a GPU and change the codes",
     )
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
@@ -145,4 +146,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        sys.exit(f"error: {e}")
