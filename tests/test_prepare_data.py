@@ -208,3 +208,27 @@ def test_missing_vision_tokenizer_is_named_before_anything_is_written(sft_dir, t
         prepare_data.main(["--model_path", str(tmp_path / "no_model"), "--data_path", str(sft_dir / "data.json"),
                            "--output_path", str(out)])
     assert not out.exists()
+
+
+def test_readme_fine_tuning_commands_run(fixtures_dir, sft_dir, image_area, tmp_path):
+    """The README's Fine-tuning commands (prepare_data, then train_sft in one process) as written, in a scratch
+    folder, with the fixture folder the README names swapped for this run's (and, for another fixture configuration
+    than the public one, its image area and longest sample)."""
+    longest = int(np.load(sft_dir / "dataset_refs.npz")["model_max_length"])
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Fine-tuning"):]
+    block = section[section.index("```bash") + len("```bash"):section.index("```", section.index("```bash") + 7)]
+    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.startswith("python paddlemix/")]
+    assert [c.split()[1] for c in commands[:2]] == ["paddlemix/examples/emu3/prepare_data.py",
+                                                    "paddlemix/examples/emu3/train_sft.py"]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    for command in commands[:2]:
+        argv = command.replace("../shared/fixtures/public", str(fixtures_dir)).split()
+        for flag, value in (("--image_area", image_area), ("--max_position_embeddings", longest)):
+            if flag in argv:
+                argv[argv.index(flag) + 1] = str(value)
+        res = subprocess.run([sys.executable, str(REPO_ROOT / argv[1])] + argv[2:], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, (command, res.stderr[-3000:])
+    assert "trained 3 steps" in res.stdout
+    assert (tmp_path / "sft_out" / "model.safetensors").is_file()
