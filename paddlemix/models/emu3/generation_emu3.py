@@ -17,10 +17,12 @@ and ``PrefixConstrainedLogitsProcessor(Emu3PrefixConstrainedLogitsHelper)``) by 
 ``Emu3GenerationMixin.generate`` (the public entry, ``Emu3ForCausalLM.generate``) reads as its steps: ``_validate``
 (every argument, the number of steps) -> ``_guided_batch`` (conditional + unconditional rows) -> ``_plan_steps``
 (allowed-id table, per-step logits kind, sampling uniforms) -> ``_prefill`` (KV cache, masks, prompt pass) ->
-``_decode`` (the step loop; ``_choose`` picks one step's tokens) -> ``_collect``. Imports run one way, as
-transformers' ``GenerationMixin``: modeling -> generation -> kv_cache, no cycle. This module imports ``kv_cache`` and
-``paddlemix.ops``, never the model file; the model uses the loop by inheriting the mixin. The model is used through
-its ``config``, ``dtype``, ``model`` (the decoder) and ``lm_head`` (called, or ``column_slice``) only.
+``_decode`` (the step loop; ``_choose`` picks one step's tokens) -> ``_collect``.
+
+Imports run one way, as transformers' ``GenerationMixin``: modeling -> generation -> kv_cache, no cycle. This module
+imports ``kv_cache``, ``token_ids`` and paddlemix helpers (``ops``, ``distributed``, ``model_utils``), never the
+model file; the model gets the loop by inheriting the mixin. The model is used through its ``config``, ``dtype``,
+``model`` (the decoder) and ``lm_head`` (called, or ``column_slice``) only.
 """
 
 import logging
