@@ -25,3 +25,31 @@ inline pmx::DType pmx_cuda_dtype(const paddle::Tensor& t) {
            " must be float32 on CPU (the CPU kernels are float32 only)")
 
 #define PMX_NO_CUDA(op) PD_THROW("paddlemix_ops: ", op, " got a GPU tensor but the extension was built without CUDA")
+
+#include "kernels/decoder_step_cpu.h"
+
+// how a CPU weight tensor is stored, for the kernels that read float32, bf16 or int8 weights (linear, decoder_step)
+inline pmx::WeightKind pmx_weight_kind(const paddle::Tensor& w, const char* op) {
+  switch (w.dtype()) {
+    case paddle::DataType::FLOAT32:
+      return pmx::WeightKind::kFloat32;
+    case paddle::DataType::BFLOAT16:
+      return pmx::WeightKind::kBFloat16;
+    case paddle::DataType::INT8:
+      return pmx::WeightKind::kInt8;
+    default:
+      PD_THROW("paddlemix_ops.", op, ": weights must be float32, bfloat16 or int8 on CPU");
+  }
+}
+
+// the raw storage of a float32, bf16 (as uint16_t bits) or int8 weight
+inline const void* pmx_weight_data(const paddle::Tensor& w) {
+  switch (w.dtype()) {
+    case paddle::DataType::BFLOAT16:
+      return w.data<paddle::bfloat16>();
+    case paddle::DataType::INT8:
+      return w.data<int8_t>();
+    default:
+      return w.data<float>();
+  }
+}

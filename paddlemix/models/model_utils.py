@@ -10,6 +10,10 @@ Checkpoint keys are the original PyTorch ``state_dict()`` names; each model maps
   accepted and dropped (it only matters for training with momentum=None).
 * A tensor whose shape differs from the parameter only by size-1 axes (a Linear ``[out, in]`` loaded into a 1x1
   convolution ``[out, in, 1, 1]``) is reshaped.
+
+Low-memory storage (``quantization.py``): ``dtype="bfloat16"`` on CPU with the extension keeps a language model's
+weights in bf16 (compute in float32), ``quant_type="weight_only_int8"`` quantizes each Linear weight while reading it
+(``<name>.weight`` -> ``<name>.quant_weight`` + ``<name>.quant_scale``), both a block of rows at a time.
 """
 
 import json
@@ -21,6 +25,7 @@ import paddle
 from paddle import nn
 
 from .configuration_utils import CONFIG_NAME, PretrainedConfig, resolve_model_dir
+from .quantization import WeightOnlyInt8Linear, convert_for_runtime, quantize_rows, resolve_storage
 from .._cpu_tuning import returning_freed_memory
 from .safetensors_io import CheckpointError, SafetensorsFile, bf16_to_f32, f32_to_bf16, save_file
 
@@ -123,8 +128,28 @@ def _read_tensor(st, key, shape, target, transpose):
     return out
 
 
+def _read_quantized(st, key, shape):
+    """The Linear weight ``key`` ([out, in] in the checkpoint) quantized to int8 per output channel: (q int8 of
+    ``shape`` = [in, out], scale float32 [out]). Each block of about 64 MB of checkpoint rows (one output channel
+    each) is widened to float32, quantized and transposed into q: no float32 copy of the whole weight exists."""
+    src = st.get(key)
+    st_dtype = st.dtype(key)
+    rows = src.reshape(src.shape[0], -1)
+    q = np.empty(shape, dtype=np.int8)
+    scale = np.empty(rows.shape[0], dtype=np.float32)
+    row_bytes = max(1, rows.shape[1] * src.itemsize)
+    step = max(1, _CHUNK_BYTES // row_bytes)
+    for r0 in range(0, rows.shape[0], step):
+        q_block, scale[r0 : r0 + step] = quantize_rows(_convert(rows[r0 : r0 + step], st_dtype, "float32"))
+        q[:, r0 : r0 + step] = q_block.T
+        st.release(key, r0 * row_bytes, (r0 + step) * row_bytes)
+    return q, scale
+
+
 class PretrainedModel(nn.Layer):
     config_class = PretrainedConfig
+    # the model's linear layer class whose weights may be stored in bf16 or int8 (quantization.py); None: not supported
+    _quantizable_linear = None
 
     def __init__(self, config):
         super().__init__()
@@ -155,36 +180,52 @@ class PretrainedModel(nn.Layer):
         return name
 
     def _linear_weight_names(self):
-        return {
-            f"{prefix}.weight" if prefix else "weight"
-            for prefix, layer in self.named_sublayers(include_self=True)
-            if isinstance(layer, nn.Linear)
-        }
+        names = set()
+        for prefix, layer in self.named_sublayers(include_self=True):
+            dot = f"{prefix}." if prefix else ""
+            if isinstance(layer, nn.Linear):
+                names.add(f"{dot}weight")
+            elif isinstance(layer, WeightOnlyInt8Linear):
+                names.add(f"{dot}quant_weight")
+        return names
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path_or_repo_id, dtype=None, config=None, **config_overrides):
+    def from_pretrained(cls, path_or_repo_id, dtype=None, config=None, quant_type=None, **config_overrides):
+        """quant_type: None, or "weight_only_int8" (models with ``_quantizable_linear``): see quantization.py, as is
+        the bf16 weight storage that ``dtype="bfloat16"`` gives on CPU with the compiled extension."""
         folder = resolve_model_dir(path_or_repo_id, None if config is not None else CONFIG_NAME)
         if config is None:
             config = cls.config_class.from_pretrained(folder, **config_overrides)
-        target = resolve_dtype(dtype)
+        storage = resolve_storage(cls, dtype, quant_type, config)
+        target = "float32" if storage is not None and not on_gpu() else resolve_dtype(dtype)
         files = checkpoint_files(folder)
         old = paddle.get_default_dtype()
         paddle.set_default_dtype(target)
         try:
             with paddle.LazyGuard():
                 model = cls(config)
+                if storage is not None:
+                    convert_for_runtime(model, storage)
         finally:
             paddle.set_default_dtype(old)
         with returning_freed_memory():
             model._load_checkpoint(files, target)
         model.eval()
-        logger.info("loaded %s from %s (%s)", cls.__name__, folder, target)
+        logger.info("loaded %s from %s (%s, weights %s)", cls.__name__, folder, target, storage or target)
         return model
 
     def _load_checkpoint(self, files, target):
         state = self.state_dict()
         linear = self._linear_weight_names()
+        # a float checkpoint into int8 layers: <name>.weight is read into <name>.quant_weight and <name>.quant_scale
+        # (it stands in the state under its own name while the plan is made)
+        quantize = set()
+        for name in [n for n in linear if n.endswith(".quant_weight")]:
+            prefix = name[: -len("quant_weight")]
+            quantize.add(prefix + "weight")
+            state[prefix + "weight"] = state[name]
+            linear.add(prefix + "weight")
         plan = []  # (file, key, name)
         unexpected, mismatched, seen = [], [], {}
         opened = {path: SafetensorsFile(path) for path in files}
@@ -215,7 +256,20 @@ class PretrainedModel(nn.Layer):
                     if shape != expect and [s for s in shape if s != 1] != [s for s in expect if s != 1]:
                         mismatched.append(f"{key} ({fname}): checkpoint {shape}, model expects {expect}")
                         continue
+                    if name.endswith(".quant_weight") and st.dtype(key) != "I8":
+                        mismatched.append(f"{key} ({fname}): a quant_weight must be int8, got {st.dtype(key)}")
+                        continue
+                    if name in quantize:  # quant_weight and quant_scale come from this key
+                        prefix = name[: -len("weight")]
+                        for part in ("quant_weight", "quant_scale"):
+                            if prefix + part in seen:
+                                raise CheckpointError(f"{key} ({fname}) and {seen[prefix + part]} both load into "
+                                                      f"'{prefix + part}'")
+                            seen[prefix + part] = seen[name]
                     plan.append((st, key, name, name in linear))
+            for name in quantize:  # the stand-ins above
+                state.pop(name)
+                seen.pop(name, None)
             missing = sorted(set(state) - set(seen))
             if missing or unexpected or mismatched:
                 parts = []
@@ -228,11 +282,18 @@ class PretrainedModel(nn.Layer):
                     f"({', '.join(os.path.basename(p) for p in files)}):\n" + "\n".join(parts)
                 )
             for st, key, name, is_linear in plan:
+                if name in quantize:
+                    prefix = name[: -len("weight")]
+                    q, scale = _read_quantized(st, key, list(state[prefix + "quant_weight"].shape))
+                    state[prefix + "quant_weight"].set_value(q)
+                    state[prefix + "quant_scale"].set_value(scale)
+                    del q
+                    continue
                 param = state[name]
                 want = str(param.dtype).replace("paddle.", "")
                 arr = _read_tensor(st, key, list(param.shape), want, is_linear)
                 if want == "bfloat16":
-                    param.set_value(paddle.to_tensor(arr).view(paddle.bfloat16))
+                    param.set_value(arr)  # uint16 bits into the bf16 parameter, one copy
                 else:
                     param.set_value(arr)  # one copy, straight from numpy into the parameter
                 del arr

@@ -265,7 +265,7 @@ def generate(
     plan = _step_plan(allowed.numpy(), config) if allowed is not None else ["full"] * steps
     visual_head = None
     if "visual" in plan:
-        visual_head = model.lm_head.weight[:, config.first_visual_token_id:].contiguous()
+        visual_head = model.lm_head.columns(config.first_visual_token_id)
 
     cache = Emu3KVCache.for_model(config, rows, capacity, dtype)
     new_tokens = []  # one [batch] tensor per step, stacked at the end
@@ -281,7 +281,7 @@ def generate(
                 token = allowed[step][:, 0]
             else:
                 if plan[step] == "visual":
-                    logits, step_range = to_float32(ops.linear(hidden, visual_head)), None
+                    logits, step_range = to_float32(ops.linear(hidden, *visual_head)), None
                 else:
                     logits = to_float32(model.lm_head(hidden))
                     step_range = allowed[step] if allowed is not None else None
