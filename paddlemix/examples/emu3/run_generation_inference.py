@@ -65,6 +65,8 @@ def parse_args(argv=None):
     parser.add_argument("--max_new_tokens", type=int, help="new-token budget (default: exactly the image grid)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                         help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)")
+    parser.add_argument("--quant_type", default=None, choices=["weight_only_int8"],
+                        help="int8 LM weights, one scale per output channel (CPU and GPU)")
     parser.add_argument("--output_dir", default="outputs", help="where the PNGs go")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
     args = parser.parse_args(argv)
@@ -107,7 +109,7 @@ def main(argv=None):
     tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
     image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
     vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.dtype)
-    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
+    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype, quant_type=args.quant_type)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
 
     suffix = "" if args.no_positive_prompt else args.positive_prompt

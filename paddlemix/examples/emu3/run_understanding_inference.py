@@ -65,6 +65,8 @@ def parse_args(argv=None):
         "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
         help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)",
     )
+    parser.add_argument("--quant_type", default=None, choices=["weight_only_int8"],
+                        help="int8 LM weights, one scale per output channel (CPU and GPU)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
@@ -93,7 +95,7 @@ def main(argv=None):
     tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
     image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
     vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.dtype)
-    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
+    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype, quant_type=args.quant_type)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
 
     images = [Image.open(path) for path in args.image_path]
