@@ -8,6 +8,8 @@ Usage (run.py does this): ``python ours_worker.py JOB.json RESULT.json``. Jobs:
 * ``make_real8b``: a random bf16 checkpoint of an LM config in the original layout and sharding, written tensor by
   tensor (random_checkpoint.py); ``real8b``: that checkpoint loaded with bf16 or int8 weights (the job's
   ``variant``): load time and peak RSS, a VQA prefill, decode steps at each batch size against the floor.
+* ``parallel``: the batch-1 decode step under the launch it runs in (tensor parallel over its processes) and the
+  weight bytes this rank reads per step.
 """
 
 import os
@@ -253,6 +255,29 @@ def job_real8b(job):
     return res
 
 
+def job_parallel(job):
+    import numpy as np
+    import paddle
+
+    set_threads(job["threads"])
+    model = load(job)  # tensor-parallel degree and rank from the launch (1 and 0 outside one)
+    prompt = common.lm_prompts(job)[1][1]
+    embed = model.model.embed_tokens.weight
+    res = {"step_bytes": sum(int(np.prod(p.shape)) * 4 for p in model.parameters() if p is not embed)}
+    with paddle.no_grad():
+        def gen(n):
+            return _generate(model, prompt, max_new_tokens=n, do_sample=False)
+
+        gen(2)
+        timing = common.decode_timing(gen, job, 1)
+    res["decode step b1"] = timing["decode step b1"]
+    res["ids b1"] = timing["ids b1"][:, prompt.shape[1]:].flatten().tolist()
+    return res
+
+
+    return res
+
+
 def run_job(job):
     import numpy as np
 
@@ -266,6 +291,7 @@ def run_job(job):
         "memory": job_memory,
         "make_real8b": job_make_real8b,
         "real8b": job_real8b,
+        "parallel": job_parallel,
     }[job["job"]](job)
     import paddle
 

@@ -70,9 +70,11 @@ class WeightOnlyInt8Linear(nn.Layer):
             return self._gpu_forward(x)
         return ops.linear(x, self.quant_weight, self.quant_scale)
 
-    def columns(self, start):
-        """``ops.linear``'s weight arguments for the output columns ``start:`` (e.g. the visual tokens' logits)."""
-        return self.quant_weight[:, start:].contiguous(), self.quant_scale[start:].contiguous()
+    def column_slice(self, start):
+        """A function x -> the outputs start.. of this layer (contiguous copies of those weight columns and scales,
+        made once): generation's lm_head over the visual tokens only."""
+        weight, scale = self.quant_weight[:, start:].contiguous(), self.quant_scale[start:].contiguous()
+        return lambda x: ops.linear(x, weight, scale)
 
     def _gpu_forward(self, x):
         packed = self.__dict__.get("_gpu_packed")

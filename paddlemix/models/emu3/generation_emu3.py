@@ -13,15 +13,25 @@ and ``PrefixConstrainedLogitsProcessor(Emu3PrefixConstrainedLogitsHelper)``) by 
 * scoring and the token choice go through ``paddlemix.ops.cfg_sample``; only the last position's logits are formed,
   only over the visual columns when every row must emit a visual token, and not at all for forced tokens;
 * the host reads device values only to stop text generation early (once per step on CPU, every 8 steps on GPU).
+
+``generate(model, ...)`` reads as its steps: ``_validate`` (every argument, the number of steps) -> ``_guided_batch``
+(conditional + unconditional rows) -> ``_plan_steps`` (allowed-id table, per-step logits kind, sampling uniforms) ->
+``_prefill`` (KV cache, masks, prompt pass) -> ``_decode`` (the step loop; ``_choose`` picks one step's tokens) ->
+``_collect``. Imports run one way: this module imports the model file, which does not import it at module level
+(``Emu3ForCausalLM.generate`` reaches ``generate`` by a call-time import). The model is used through its ``config``,
+``dtype``, ``model`` (the decoder) and ``lm_head`` (called, or ``column_slice``) only.
 """
 
 import logging
+from dataclasses import dataclass
+from typing import List, Optional
 
 import numpy as np
 import paddle
 from tqdm.auto import tqdm
 
 from ... import ops
+from ...distributed import is_main
 from ..model_utils import on_gpu
 from .modeling_emu3 import Emu3KVCache, additive_mask, to_float32
 
@@ -127,6 +137,42 @@ def _check_sampling(top_k, top_p, temperature):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
 
 
+@dataclass
+class _Request:
+    """Validated inputs of one ``generate`` call (numpy on the host)."""
+
+    ids: np.ndarray  # [B, L] prompts
+    mask: np.ndarray  # [B, L] 1 token / 0 padding
+    neg_ids: Optional[np.ndarray]  # [B, Ln] unconditional prompts (guidance only)
+    neg_mask: Optional[np.ndarray]
+    scale: Optional[float]  # guidance scale, None without guidance
+    grid: Optional[tuple]  # (height [B], width [B], first_offset [B]) for image generation
+    steps: int  # decode steps (new tokens at most)
+    sampling: Optional[tuple]  # (top_k, top_p, temperature) when sampling
+    seed: Optional[object]  # an int, one per row, or None
+    past: int = 0  # tokens already in past_key_values (a chat's earlier turns)
+
+    @property
+    def batch(self):
+        return self.ids.shape[0]
+
+    @property
+    def longest(self):
+        """The common prompt length of the guided batch."""
+        return max(self.ids.shape[1], self.neg_ids.shape[1] if self.scale is not None else 0)
+
+
+@dataclass
+class _Plan:
+    """What every step needs, prepared before the first: the allowed-id table, which logits each step forms, the
+    visual-column head and the sampling uniforms."""
+
+    allowed: Optional[paddle.Tensor]  # [steps, B, 2] (lo, hi), image generation only
+    kinds: List[str]  # per step: "forced", "visual" or "full"
+    visual_head: Optional[object]  # hidden -> logits of the visual columns
+    uniforms: Optional[paddle.Tensor]  # [steps, B] when sampling
+
+
 def generate(
     model,
     input_ids,
@@ -142,6 +188,8 @@ def generate(
     temperature=1.0,
     seed=None,
     progress=True,
+    past_key_values=None,
+    streamer=None,
 ):
     """Generate after left-padded prompts; returns int64 [B, prompt_len + new_len] (prompt, then new tokens).
 
@@ -156,16 +204,42 @@ def generate(
         and generation ends after the longest grid; prompt + grid beyond max_position_embeddings is an error.
         Without it (default: up to max_position_embeddings) it is capped at max_position_embeddings, with a warning.
     do_sample: sample (top_k, top_p, temperature as transformers' warpers) instead of greedy argmax.
-    seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device).
-    progress: a tqdm bar over the new tokens.
+    seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device); a list
+        of one seed per row (each an int or a sequence of ints) gives each row its own stream, independent of the
+        batch it runs in (data-parallel generation relies on that).
+    progress: a tqdm bar over the new tokens (shown by rank 0 only when launched with several processes).
+    past_key_values: an ``Emu3KVCache`` holding the first ``past_key_values.length`` tokens of every row (e.g. the
+        earlier turns of a chat); input_ids [B, L] (no padding) continue them, and the cache is filled in place
+        (prompt + new tokens but the last). Text generation only: no guidance, no image_size.
+    streamer: an object with ``put(ids)`` / ``end()`` (see ``streaming.py``): ``put(input_ids [B, L])`` first, then
+        ``put(new tokens [B])`` after every step, then ``end()``.
     Rows that produced eos continue with pad_token_id; generation stops once every row has.
     """
-    config = model.config
+    req = _validate(
+        model.config, input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, guidance_scale,
+        image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed, past_key_values,
+    )
+    all_ids, all_mask = _guided_batch(req, model.config.pad_token_id)
+    plan = _plan_steps(model, req)
+    if streamer is not None:
+        streamer.put(req.ids)
+    with paddle.no_grad():
+        hidden, cache, step_mask, next_pos = _prefill(model, req, all_ids, all_mask, past_key_values)
+        new_tokens = _decode(model, req, plan, hidden, cache, step_mask, next_pos, progress, streamer)
+    if streamer is not None:
+        streamer.end()
+    return _collect(req.ids, new_tokens, model.config.eos_token_id)
+
+
+def _validate(config, input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, guidance_scale,
+              image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed, past_key_values=None):
+    """Every argument checked (a ValueError naming the problem) and the number of steps fixed: a ``_Request``."""
     ids, mask = _prompt(input_ids, attention_mask, "input_ids")
     batch, prompt_len = ids.shape
     if guidance_scale is not None and not isinstance(guidance_scale, (int, float, np.number)):
         raise ValueError(f"guidance_scale must be a number or None, got {guidance_scale!r}")
     use_cfg = guidance_scale is not None and float(guidance_scale) != 1.0
+    neg_ids = neg_mask = None
     if use_cfg:
         if negative_prompt_ids is None:
             neg_ids, neg_mask = ids[:, -1:].copy(), np.ones((batch, 1), np.int64)
@@ -177,7 +251,9 @@ def generate(
                 )
     elif negative_prompt_ids is not None:
         logger.warning("negative_prompt_ids is ignored: guidance_scale is %s", guidance_scale)
+    past = _past_length(past_key_values, mask, use_cfg or image_size is not None)
 
+    grid = None
     if image_size is not None:
         if config.first_visual_token_id >= config.vocab_size:
             raise ValueError(
@@ -192,7 +268,7 @@ def generate(
                 f"image_size was given, but prompt row(s) {missing.tolist()} have no <|image token|> "
                 f"(id {config.img_token_id}); build image prompts with the processor's mode 'G'"
             )
-        first_offset = prompt_len - is_img.argmax(axis=1)
+        grid = (height, width, prompt_len - is_img.argmax(axis=1))
         need = int(grid_length(height, width).max())
         if max_new_tokens is None:
             max_new_tokens = need
@@ -203,7 +279,7 @@ def generate(
             )
         steps = need
     longest = max(prompt_len, neg_ids.shape[1] if use_cfg else 0)
-    room = config.max_position_embeddings - longest
+    room = config.max_position_embeddings - past - longest
     if image_size is None:
         if max_new_tokens is None:
             max_new_tokens = room
@@ -225,91 +301,146 @@ def generate(
         )
     if do_sample:
         _check_sampling(top_k, top_p, temperature)
+    if isinstance(seed, (list, tuple, np.ndarray)) and len(seed) != batch:
+        raise ValueError(f"seed holds {len(seed)} per-row seeds for {batch} prompts: give one int, or one per prompt")
+    return _Request(
+        ids, mask, neg_ids, neg_mask, float(guidance_scale) if use_cfg else None, grid, steps,
+        (top_k, top_p, temperature) if do_sample else None, seed, past,
+    )
 
-    # one batch: conditional rows, then unconditional rows, left-padded to a common length
-    if use_cfg:
-        ids_c, mask_c = _left_pad(ids, mask, longest, config.pad_token_id)
-        ids_u, mask_u = _left_pad(neg_ids, neg_mask, longest, config.pad_token_id)
-        all_ids, all_mask = np.concatenate([ids_c, ids_u]), np.concatenate([mask_c, mask_u])
-    else:
-        all_ids, all_mask = ids, mask
-    rows = all_ids.shape[0]
-    positions = np.where(all_mask == 1, np.cumsum(all_mask, axis=1) - 1, 1)
-    dtype = model.dtype
-    capacity = longest + steps
-    padded = not bool(all_mask.all())
+
+def _guided_batch(req, pad_id):
+    """One batch: the conditional rows, then (with guidance) the unconditional rows, left-padded to a common length."""
+    if req.scale is None:
+        return req.ids, req.mask
+    ids_c, mask_c = _left_pad(req.ids, req.mask, req.longest, pad_id)
+    ids_u, mask_u = _left_pad(req.neg_ids, req.neg_mask, req.longest, pad_id)
+    return np.concatenate([ids_c, ids_u]), np.concatenate([mask_c, mask_u])
+
+
+def _plan_steps(model, req):
+    """The allowed-id table, the logits each step needs and the sampling uniforms, all before the first step.
+
+    Which steps need which logits is read once from the on-device table: a step where every row is forced to one
+    token needs no logits at all; a step where every row may take any visual token needs only the visual columns
+    of lm_head (the guided log-softmax differs from the full-vocabulary one by a per-row constant, which changes
+    neither the argmax nor the sampling distribution); any other step uses the full lm_head and the table's range.
+    """
+    config = model.config
+    allowed = allowed_table(config, req.grid[2], req.grid[0], req.grid[1], req.steps) if req.grid else None
+    kinds = _step_plan(allowed.numpy(), config) if allowed is not None else ["full"] * req.steps
+    visual_head = model.lm_head.column_slice(config.first_visual_token_id) if "visual" in kinds else None
+    uniforms = None
+    if req.sampling is not None:
+        uniforms = _uniforms(req.seed, req.steps, req.batch, model.config.tensor_parallel_degree)
+    return _Plan(allowed, kinds, visual_head, uniforms)
+
+
+def _uniforms(seed, steps, batch, tp_degree):
+    """The sampling uniforms [steps, batch]: numpy ``default_rng(seed)`` for an int seed; with one seed per row
+    (a list), row b's column is ``default_rng(seed[b]).random(steps)``, so a request samples the same tokens whatever
+    batch it is in; without a seed, ``paddle.rand`` (under tensor parallelism rank 0's, so every rank agrees)."""
+    if seed is None:
+        uniforms = paddle.rand([steps, batch], dtype="float32")
+        if tp_degree > 1:
+            paddle.distributed.broadcast(uniforms, src=0)
+        return uniforms
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        return paddle.to_tensor(np.stack([np.random.default_rng(s).random(steps, dtype=np.float32) for s in seed], 1))
+    return paddle.to_tensor(np.random.default_rng(seed).random((steps, batch), dtype=np.float32))
+
+
+def _prefill(model, req, all_ids, all_mask, past_key_values=None):
+    """Allocate the KV cache for prompt + new tokens (or grow ``past_key_values``, which holds ``req.past`` tokens
+    before the prompts), run the prompts; returns the last position's hidden state [R, H], the cache, the decode
+    steps' mask and each row's next position [R, 1]."""
+    config, dtype = model.config, model.dtype
+    rows, past = all_ids.shape[0], req.past
+    positions = np.where(all_mask == 1, np.cumsum(all_mask, axis=1) - 1, 1) + past
+    need = past + req.longest + req.steps
+    cache = past_key_values if past_key_values is not None else Emu3KVCache.for_model(config, rows, need, dtype)
+    cache.reserve(need)
+    capacity = cache.capacity  # a grown cache may hold more slots than this call needs
     # the generated slots count as tokens: a query never reads a slot after its own (the attention stops at the new
     # token's slot), so one mask [R, 1, 1, capacity] serves the prefill and every step
-    key_mask = paddle.to_tensor(np.concatenate([all_mask, np.ones((rows, steps), np.int64)], axis=1))
-    prefill_mask = additive_mask(key_mask, longest, 0, dtype) if padded else None
+    key_mask = paddle.to_tensor(np.concatenate([np.ones((rows, past), np.int64), all_mask,
+                                                np.ones((rows, capacity - past - req.longest), np.int64)], axis=1))
+    prefill_mask = additive_mask(key_mask, req.longest, 0, dtype) if not bool(all_mask.all()) else None
     step_mask = additive_mask(key_mask, 1, capacity - 1, dtype)
-    next_pos = paddle.to_tensor(all_mask.sum(axis=1, keepdims=True))
+    next_pos = paddle.to_tensor(past + all_mask.sum(axis=1, keepdims=True))
+    hidden = model.model(paddle.to_tensor(all_ids), paddle.to_tensor(positions), prefill_mask, cache,
+                         last_only=True)[0][:, 0]
+    return hidden, cache, step_mask, next_pos
 
-    allowed = None
-    if image_size is not None:
-        allowed = allowed_table(config, first_offset, height, width, steps)
-    uniforms = None
-    if do_sample:
-        if seed is not None:
-            uniforms = paddle.to_tensor(np.random.default_rng(seed).random((steps, batch), dtype=np.float32))
-        else:
-            uniforms = paddle.rand([steps, batch], dtype="float32")
-    sample_args = (top_k, top_p, temperature) if do_sample else (None, None, 1.0)
-    sync_every = 8 if on_gpu() else 1
-    scale = float(guidance_scale) if use_cfg else None
 
-    # which steps need which logits, read once from the on-device table: a step where every row is forced to one
-    # token needs no logits at all; a step where every row may take any visual token needs only the visual columns
-    # of lm_head (the guided log-softmax differs from the full-vocabulary one by a per-row constant, which changes
-    # neither the argmax nor the sampling distribution); any other step uses the full lm_head and the table's range
-    plan = _step_plan(allowed.numpy(), config) if allowed is not None else ["full"] * steps
-    visual_head = None
-    if "visual" in plan:
-        visual_head = model.lm_head.columns(config.first_visual_token_id)
-
-    cache = Emu3KVCache.for_model(config, rows, capacity, dtype)
-    new_tokens = []  # one [batch] tensor per step, stacked at the end
-    unfinished = paddle.ones([batch], dtype="bool")
-    pad = paddle.full([batch], config.pad_token_id, dtype="int64")
-    bar = tqdm(total=steps, desc="Emu3 generate", unit="tok", disable=not progress)
-    with paddle.no_grad():
-        hidden = model.model(paddle.to_tensor(all_ids), paddle.to_tensor(positions), prefill_mask, cache,
-                             last_only=True)[0][:, 0]
-        done = 0
-        for step in range(steps):
-            if plan[step] == "forced":
-                token = allowed[step][:, 0]
-            else:
-                if plan[step] == "visual":
-                    logits, step_range = to_float32(ops.linear(hidden, *visual_head)), None
-                else:
-                    logits = to_float32(model.lm_head(hidden))
-                    step_range = allowed[step] if allowed is not None else None
-                token = ops.cfg_sample(
-                    logits[:batch],
-                    logits[batch:] if use_cfg else None,
-                    scale,
-                    step_range,
-                    *sample_args,
-                    uniforms[step] if uniforms is not None else None,
-                )
-                if plan[step] == "visual":
-                    token = token + config.first_visual_token_id
-            token = paddle.where(unfinished, token, pad)
-            new_tokens.append(token)
-            unfinished = unfinished & (token != config.eos_token_id)
-            done = step + 1
-            bar.update(1)
-            if done == steps:
-                break
-            if image_size is None and done % sync_every == 0 and not bool(unfinished.any()):
-                break
-            step_ids = (paddle.concat([token, token]) if use_cfg else token).unsqueeze(1)
-            hidden = model.model(step_ids, next_pos + step, step_mask, cache, last_only=True)[0][:, 0]
+def _decode(model, req, plan, hidden, cache, step_mask, next_pos, progress, streamer=None):
+    """The decode loop: choose a token per row (``_choose``), hand it to the streamer, feed it back, stop after the
+    grid or once every row produced eos (text: checked on the host once per step on CPU, every 8 steps on GPU
+    without a streamer). One [B] tensor per step."""
+    config = model.config
+    sync_every = 8 if on_gpu() and streamer is None else 1
+    new_tokens = []
+    unfinished = paddle.ones([req.batch], dtype="bool")
+    pad = paddle.full([req.batch], config.pad_token_id, dtype="int64")
+    bar = tqdm(total=req.steps, desc="Emu3 generate", unit="tok", disable=not (progress and is_main()))
+    for step in range(req.steps):
+        token = paddle.where(unfinished, _choose(model, req, plan, hidden, step), pad)
+        new_tokens.append(token)
+        if streamer is not None:
+            streamer.put(token.numpy())
+        unfinished = unfinished & (token != config.eos_token_id)
+        bar.update(1)
+        done = step + 1
+        if done == req.steps or (req.grid is None and done % sync_every == 0 and not bool(unfinished.any())):
+            break
+        step_ids = (paddle.concat([token, token]) if req.scale is not None else token).unsqueeze(1)
+        hidden = model.model(step_ids, next_pos + step, step_mask, cache, last_only=True)[0][:, 0]
     bar.close()
+    return new_tokens
+
+
+def _choose(model, req, plan, hidden, step):
+    """The tokens [B] of one step from the last hidden states [R, H]: the forced id, or guided scores of the step's
+    logits (visual columns only, or all with the table's range) reduced by ``ops.cfg_sample``."""
+    kind = plan.kinds[step]
+    if kind == "forced":
+        return plan.allowed[step][:, 0]
+    if kind == "visual":
+        logits, step_range = to_float32(plan.visual_head(hidden)), None
+    else:
+        logits = to_float32(model.lm_head(hidden))
+        step_range = plan.allowed[step] if plan.allowed is not None else None
+    batch = req.batch
+    token = ops.cfg_sample(
+        logits[:batch],
+        logits[batch:] if req.scale is not None else None,
+        req.scale,
+        step_range,
+        *(req.sampling or (None, None, 1.0)),
+        plan.uniforms[step] if plan.uniforms is not None else None,
+    )
+    return token + model.config.first_visual_token_id if kind == "visual" else token
+
+
+def _collect(ids, new_tokens, eos_id):
+    """Prompt and new tokens [B, L + new_len], cut after the step where the last row produced eos."""
     out = paddle.stack(new_tokens, axis=1).numpy()
-    new_len = _generated_length(out, config.eos_token_id)
-    return paddle.to_tensor(np.concatenate([ids, out[:, :new_len]], axis=1))
+    return paddle.to_tensor(np.concatenate([ids, out[:, :_generated_length(out, eos_id)]], axis=1))
+
+
+def _past_length(cache, mask, guided_or_image):
+    """Tokens already in ``cache`` (0 without one); a cache continues unpadded text-generation rows only."""
+    if cache is None:
+        return 0
+    if not isinstance(cache, Emu3KVCache):
+        raise ValueError(f"past_key_values must be an Emu3KVCache, got {type(cache).__name__}")
+    if guided_or_image:
+        raise ValueError("past_key_values continues text generation only: no guidance_scale, no image_size")
+    if cache.keys[0].shape[0] != mask.shape[0]:
+        raise ValueError(f"past_key_values holds {cache.keys[0].shape[0]} rows but input_ids has {mask.shape[0]}")
+    if not mask.all():
+        raise ValueError("input_ids continuing past_key_values must not be padded (attention mask all 1)")
+    return cache.length
 
 
 def _step_plan(table, config):

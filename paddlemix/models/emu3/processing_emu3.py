@@ -8,6 +8,7 @@ import re
 import numpy as np
 from PIL import Image
 
+from .chat_template import DEFAULT_SYSTEM_PROMPT, chat_images, render_chat
 from .configuration_emu3 import Emu3Config
 from .hf_layout import resolve_model_paths
 from .image_processing_emu3visionvq import Emu3VisionVQImageProcessor
@@ -17,6 +18,8 @@ from .tokenization_emu3 import BatchEncoding, Emu3Tokenizer, ids_to_array, to_te
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHAT_TEMPLATE = "You are a helpful assistant. USER: {image_prompt}{text_prompt}. ASSISTANT:"
+# Emu3-Stage1 (the pretrained base model) takes the image and the text with no chat around them (original README)
+STAGE1_CHAT_TEMPLATE = "{image_prompt}{text_prompt}"
 DEFAULT_PREFIX_TEMPLATE = "{H}*{W}"
 DEFAULT_VISUAL_TEMPLATE = ("<|visual token {token_id:0>6d}|>", r"<\|visual token (\d+)\|>")
 DEFAULT_IMAGE_AREA = 518400
@@ -56,7 +59,8 @@ class Emu3Processor:
         image_processor: an ``Emu3VisionVQImageProcessor`` (needed for mode "U" and for decoding images).
         vision_tokenizer: an ``Emu3VisionVQModel`` (its config gives the spatial factor and codebook size).
         tokenizer: an ``Emu3Tokenizer``.
-        chat_template: the understanding prompt, with ``{image_prompt}`` and ``{text_prompt}``.
+        chat_template: the understanding prompt, with ``{image_prompt}`` and ``{text_prompt}``
+            (``STAGE1_CHAT_TEMPLATE`` for Emu3-Stage1).
         prefix_template: the grid size text after ``<|image start|>``, with ``{H}`` and ``{W}``.
         visual_template: ``(format string of a visual token with {token_id}, regex of it)``.
         image_area: the default pixel area of a generated image (the LM config's ``image_area``).
@@ -130,6 +134,7 @@ class Emu3Processor:
         ratio="1:1",
         image_area=None,
         padding_image=False,
+        chat_template=None,
         return_tensors="pd",
         padding="longest",
         return_token_type_ids=False,
@@ -145,8 +150,12 @@ class Emu3Processor:
             (token grid h, w), as ``return_tensors`` asks ("pd", "np" or None).
         """
         prompts, sizes = self.build_prompts(
-            text, image, mode=mode, ratio=ratio, image_area=image_area, padding_image=padding_image
+            text, image, mode=mode, ratio=ratio, image_area=image_area, padding_image=padding_image,
+            chat_template=chat_template,
         )
+        return self._tokenize(prompts, sizes, return_tensors, padding, return_token_type_ids, **tokenizer_kwargs)
+
+    def _tokenize(self, prompts, sizes, return_tensors, padding, return_token_type_ids, **tokenizer_kwargs):
         inputs = self.tokenizer(
             prompts,
             padding=padding,
@@ -157,24 +166,29 @@ class Emu3Processor:
         inputs["image_size"] = to_tensor(np.asarray(sizes, dtype=np.int64), return_tensors)
         return BatchEncoding(inputs)
 
-    def build_prompts(self, text, image=None, *, mode="G", ratio="1:1", image_area=None, padding_image=False):
+    def build_prompts(
+        self, text, image=None, *, mode="G", ratio="1:1", image_area=None, padding_image=False, chat_template=None
+    ):
         """The prompt strings and token grids ``[(h, w), ...]`` of a batch.
 
         Mode "G" (text-to-image): ``bos + text + boi + "{h}*{w}" + img`` per prompt, where ``(h, w)`` is the token
         grid for ``ratio`` ("W:H"; one string for all prompts or one per prompt) and ``image_area`` (default: the
         processor's ``image_area``), rounded half to even as the original.
-        Mode "U" (understanding): ``bos + chat_template`` with the image prompt
-        ``boi + "{h}*{w}" + img + rows of visual tokens joined by eol + eol + eof + eoi``; one PIL image per text.
-        Texts holding ``<image>`` placeholders (transformers' style, e.g. from its chat template) are whole prompts:
-        ``bos + text`` with each placeholder replaced by the image prompt of the next image (``image`` lists the
-        images of all texts in order; see ``expand_image_placeholders``).
+        Mode "U" (understanding): ``bos + chat_template`` (default: the processor's; ``STAGE1_CHAT_TEMPLATE`` for
+        Emu3-Stage1) with ``{text_prompt}`` the text and ``{image_prompt}`` the image prompt (``image_prompt``:
+        ``boi + "{h}*{w}" + img + rows of visual tokens joined by eol + eol + eof + eoi``); one PIL image per text,
+        or ``image=None`` for text-only questions (empty image prompt, grid (0, 0)).
+        Texts holding ``<image>`` placeholders (transformers' style, e.g. from ``apply_chat_template``) are whole
+        prompts: ``bos + text`` with each placeholder replaced by the image prompt of the next image (``image`` lists
+        the images of all texts in order; see ``expand_image_placeholders``); a row's grid is its first image's.
         ``padding_image`` pads images of different sizes to a common size before encoding them as one batch
         (the original's behaviour, which changes codes near the padded border); see ``tokenize_image``.
 
         Raises ValueError for an empty prompt, a malformed ratio, a mode "G" call with images, a mode "U" call
-        without one image per text, or a ratio count that is neither 1 nor the number of prompts.
+        whose images do not match the texts (one entry per text, one image per placeholder), or a ratio count that
+        is neither 1 nor the number of prompts.
         """
-        texts = self._check_texts(text)
+        texts = self._check_texts(text, allow_empty=mode == "U" and image is not None)
         if mode not in ("G", "U"):
             raise ValueError(f"mode must be 'G' (generation) or 'U' (understanding), got {mode!r}")
         tok = self.tokenizer
@@ -207,10 +221,15 @@ class Emu3Processor:
                 prompts.append(tok.bos_token + self.expand_image_placeholders(text_prompt, own))
                 sizes.append(own[0].shape)
         else:
-            images = self._check_images(image, len(texts))
-            for text_prompt, codes in zip(texts, self.tokenize_image(images, padding_image=padding_image)):
-                image_prompt = self.image_prompt(codes)
-                prompts.append(tok.bos_token + self.chat_template.format(image_prompt=image_prompt, text_prompt=text_prompt))
+            template = self.chat_template if chat_template is None else chat_template
+            if image is None:  # text-only questions
+                images, grids = [None] * len(texts), [np.zeros((0, 0), np.int64)] * len(texts)
+            else:
+                images = self._check_images(image, len(texts))
+                grids = self.tokenize_image(images, padding_image=padding_image)
+            for text_prompt, im, codes in zip(texts, images, grids):
+                image_prompt = self.image_prompt(codes) if im is not None else ""
+                prompts.append(tok.bos_token + template.format(image_prompt=image_prompt, text_prompt=text_prompt))
                 sizes.append(codes.shape)
         return prompts, sizes
 
@@ -245,14 +264,14 @@ class Emu3Processor:
         return parts[0] + "".join(self.image_prompt(g) + part for g, part in zip(grids, parts[1:]))
 
     @staticmethod
-    def _check_texts(text):
+    def _check_texts(text, allow_empty=False):
         texts = [text] if isinstance(text, str) else text
         if not isinstance(texts, (list, tuple)) or not texts:
             raise ValueError("text must be a str or a non-empty list of str")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise ValueError(f"text[{i}] must be a str, got {type(t).__name__}")
-            if not t:
+            if not t and not allow_empty:
                 raise ValueError(f"text[{i}] is an empty prompt")
         return list(texts)
 
@@ -266,6 +285,66 @@ class Emu3Processor:
         if len(images) != n_wanted:
             raise ValueError(f"got {len(images)} images for {n_wanted} {per}s: pass exactly one image per {per}")
         return list(images)
+
+    def apply_chat_template(
+        self,
+        conversation,
+        add_generation_prompt=True,
+        tokenize=False,
+        images=None,
+        system_prompt=DEFAULT_SYSTEM_PROMPT,
+        padding_image=False,
+        return_tensors="pd",
+        padding="longest",
+        return_token_type_ids=False,
+        **tokenizer_kwargs,
+    ):
+        """Render transformers-style messages in the Emu3-Chat format (see ``chat_template.py``).
+
+        ``conversation`` is a list of ``{"role": "system"|"user"|"assistant", "content": str | [{"type": "image"},
+        {"type": "text", "text": ...}]}`` messages, or a list of such conversations (a batch). ``system_prompt`` is
+        used when a conversation has no system message (None or "": no system prompt). A single turn with the
+        default system prompt gives the original's prompt token for token.
+
+        With ``tokenize=False`` (transformers' default) the prompt string(s), ``<image>`` marking each image, no bos
+        (``processor(prompts, images, mode="U")`` takes them as whole prompts). With ``tokenize=True`` the model
+        inputs as ``processor(...)`` returns them (bos, every image's tokens in place of its ``<image>``; a row's
+        ``image_size`` is its first image's grid, (0, 0) without one); the images are the image items' ``"image"``
+        entries (PIL), or else ``images`` (a list of PIL images for one conversation, one list per conversation for
+        a batch), encoded in one ``tokenize_image`` call (``padding_image`` as there).
+        """
+        batched = isinstance(conversation, (list, tuple)) and bool(conversation) and isinstance(
+            conversation[0], (list, tuple)
+        )
+        conversations = list(conversation) if batched else [conversation]
+        tok = self.tokenizer
+        prompts = [render_chat(c, system_prompt, add_generation_prompt, image_token=tok.image_token)
+                   for c in conversations]
+        if not tokenize:
+            return prompts if batched else prompts[0]
+        rows = [chat_images(c) for c in conversations]
+        if any(im is not None for row in rows for im in row):
+            if any(im is None for row in rows for im in row):
+                raise ValueError("either every image item carries its 'image' or none does (then pass images=)")
+        elif images is not None:
+            rows = list(images) if batched else [images]
+        else:
+            rows = [[] for _ in conversations]
+        if len(rows) != len(conversations):
+            raise ValueError(f"images: got {len(rows)} lists for {len(conversations)} conversations")
+        rows = [[r] if isinstance(r, Image.Image) else r for r in rows]
+        for i, (prompt, row) in enumerate(zip(prompts, rows)):
+            n = prompt.count(tok.image_token)
+            pil = isinstance(row, (list, tuple)) and all(isinstance(im, Image.Image) for im in row)
+            if not pil or n != len(row):
+                raise ValueError(f"conversation {i} has {n} images: give a list of {n} PIL images for it")
+        grids = iter(self.tokenize_image([im for row in rows for im in row], padding_image=padding_image))
+        full, sizes = [], []
+        for prompt, row in zip(prompts, rows):
+            own = [next(grids) for _ in row]
+            full.append(tok.bos_token + self.expand_image_placeholders(prompt, own))
+            sizes.append(own[0].shape if own else (0, 0))
+        return self._tokenize(full, sizes, return_tensors, padding, return_token_type_ids, **tokenizer_kwargs)
 
     def codes_to_string(self, codes):
         """The visual-token text of a code grid ``[h, w]``: each row's tokens, rows joined by eol."""
