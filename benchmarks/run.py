@@ -349,7 +349,8 @@ class Runner:
         base = os.path.join(WORK, "weights", f"real8b-{digest}")
         orig_dir, hf_dir = os.path.join(base, "orig"), os.path.join(base, "hf")
         if not os.path.exists(os.path.join(orig_dir, ".complete")):
-            if self.call("ours", {"job": "make_real8b", "name": "real8b", "config": config, "orig_dir": orig_dir}) is None:
+            made = self.call("ours", {"job": "make_real8b", "name": "real8b", "config": config, "orig_dir": orig_dir})
+            if made is None:
                 return
             open(os.path.join(orig_dir, ".complete"), "w").close()
         ckpt = weight_bytes_dir(orig_dir)

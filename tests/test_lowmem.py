@@ -231,8 +231,8 @@ def _agreement(fixtures_dir, model, pattern, flip_factor):
 def test_int8_greedy_tokens_agree_with_the_original(int8_llm, fixtures_dir):
     """Greedy text-to-image (guidance 3) and VQA with int8 weights against the original's references: every token
     the logits bound guarantees agrees (see _agreement). Measured on the public fixtures: t2i 69 / 69 tokens agree
-    (35 of them guaranteed by the bound), VQA 37 / 48 (16 guaranteed; one row of gen_vqa_batch takes another token at its 6th step,
-    where the reference's top-2 margin is below the bound, and continues differently)."""
+    (35 of them guaranteed by the bound), VQA 37 / 48 (16 guaranteed; one row of gen_vqa_batch takes another token
+    at its 6th step, where the reference's top-2 margin is below the bound, and continues differently)."""
     for pattern, factor in (("gen_t2i_*.npz", 10), ("gen_vqa_*.npz", 2)):
         rows = _agreement(fixtures_dir, int8_llm, pattern, factor)
         for agree, total, guaranteed, guaranteed_agree in rows:

@@ -3,9 +3,9 @@
 // kernels/decoder_step_cpu.h. x [B, 1, hidden] (or [B, hidden]); weights: 9 tensors per layer, layer after layer, in
 // the order input_layernorm, q_proj, k_proj, v_proj, o_proj, post_attention_layernorm, gate_proj, up_proj, down_proj
 // (norm scales [hidden] float32, projections in Paddle's [in, out] layout, all float32 or all bf16, or all int8 and
-// then followed by the layer's 7 projection scales [out] float32 in the same order: 16 tensors per layer); keys, values: L tensors [B, kv_heads, capacity,
-// head_dim] that get each layer's new key/value at `slot` (in place); position_ids [B] int64; inv_freq
-// [head_dim / 2]; mask: additive float32 [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]. Returns the last
+// then followed by the layer's 7 projection scales [out] float32 in the same order: 16 tensors per layer);
+// keys, values: L tensors [B, kv_heads, capacity, head_dim] that get each layer's new key/value at `slot` (in place);
+// position_ids [B] int64; inv_freq [head_dim / 2]; mask: additive float32 [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]. Returns the last
 // layer's output, shaped as x.
 #pragma once
 
