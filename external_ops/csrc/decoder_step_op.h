@@ -5,8 +5,8 @@
 // (norm scales [hidden] float32, projections in Paddle's [in, out] layout, all float32 or all bf16, or all int8 and
 // then followed by the layer's 7 projection scales [out] float32 in the same order: 16 tensors per layer);
 // keys, values: L tensors [B, kv_heads, capacity, head_dim] that get each layer's new key/value at `slot` (in place);
-// position_ids [B] int64; inv_freq [head_dim / 2]; mask: additive float32 [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]. Returns the last
-// layer's output, shaped as x.
+// position_ids [B] int64; inv_freq [head_dim / 2]; mask: additive float32 [B, 1 or kv_heads, 1 or heads / kv_heads,
+// capacity]. Returns the last layer's output, shaped as x.
 #pragma once
 
 #include <vector>
