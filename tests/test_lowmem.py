@@ -306,3 +306,9 @@ def test_bad_quant_types(fixtures_dir, tmp_path, int8_llm):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="unsupported quant_type"):
         Emu3ForCausalLM.from_pretrained(str(tmp_path))
+
+
+def test_training_labels_need_float_weights(int8_llm, fixtures_dir):
+    ref = np.load(fixtures_dir / "refs" / "llm_forward_U_single.npz")
+    with pytest.raises(ValueError, match="labels .training. need weights in the compute dtype"):
+        int8_llm(ref["input_ids"], labels=ref["input_ids"])

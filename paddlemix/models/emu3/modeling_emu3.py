@@ -573,6 +573,9 @@ class Emu3ForCausalLM(PretrainedModel):
             if self.config.tensor_parallel_degree > 1:
                 raise ValueError("labels (training) need the whole model on each process: load it with "
                                  "tensor_parallel_degree=1 (fine-tuning runs data parallel)")
+            if getattr(self.lm_head, "weight", None) is None or self.lm_head.weight.dtype != self.dtype:
+                raise ValueError("labels (training) need weights in the compute dtype: load the model without "
+                                 "quant_type and, on CPU, with dtype float32")
             labels = paddle.to_tensor(labels, dtype="int64") if not isinstance(labels, paddle.Tensor) else labels
             if list(labels.shape) != [bsz, q_len]:
                 raise ValueError(f"labels must have the shape of input_ids {[bsz, q_len]}, got {list(labels.shape)}")
