@@ -108,8 +108,9 @@ def _convert(arr, st_dtype, target):
     return arr.astype(target, copy=False)
 
 
-def _read_tensor(st, key, shape, target, transpose, part=None):
-    """The checkpoint tensor ``key`` as a contiguous numpy array of ``shape`` in ``target`` (bf16: uint16 bits).
+def _read_tensor(st, key, shape, target, transpose, part=None, out=None):
+    """The checkpoint tensor ``key`` as a contiguous numpy array of ``shape`` in ``target`` (bf16: uint16 bits),
+    written into ``out`` when given (e.g. a view of the parameter's own memory, see ``_param_buffer``).
 
     Converted (and, for Linear weights, transposed) in blocks of rows of about 64 MB, releasing each block's mapped
     file pages once copied: loading holds at most the result plus one block, never the whole tensor twice.
@@ -118,7 +119,8 @@ def _read_tensor(st, key, shape, target, transpose, part=None):
     """
     src = st.get(key)
     st_dtype = st.dtype(key)
-    out = np.empty(shape, dtype=np.uint16 if target == "bfloat16" else np.dtype(target))
+    if out is None:
+        out = np.empty(shape, dtype=np.uint16 if target == "bfloat16" else np.dtype(target))
     rows = src.reshape(src.shape[0], -1) if src.ndim > 1 else src.reshape(-1, 1)
     first, last, cols = 0, rows.shape[0], slice(None)
     if part is not None:
@@ -140,6 +142,16 @@ def _read_tensor(st, key, shape, target, transpose, part=None):
             flat[r0 - first : r1 - first] = block
         st.release(key, r0 * row_bytes, (r0 + step) * row_bytes)
     return out
+
+
+def _param_buffer(shape, dtype):
+    """A new Paddle tensor of ``shape`` and ``dtype`` and a writable numpy view of its memory (bf16 as uint16 bits),
+    so a checkpoint tensor is read straight into the memory the parameter will use (``_share_buffer_to``) instead of
+    into numpy first and then copied: loading then holds each tensor once, not twice. None where the view is not
+    writable (the caller copies instead)."""
+    tensor = paddle.empty(shape, dtype=dtype)
+    view = np.from_dlpack(tensor.view(paddle.uint16) if dtype == "bfloat16" else tensor)
+    return (tensor, view) if view.flags.writeable and view.ctypes.data == tensor.data_ptr() else None
 
 
 def _read_quantized(st, key, shape):
@@ -337,9 +349,14 @@ class PretrainedModel(nn.Layer):
                     continue
                 param = state[name]
                 want = str(param.dtype).replace("paddle.", "")
-                arr = _read_tensor(st, key, list(param.shape), want, is_linear, part and part[:3])
-                param.set_value(arr)  # one copy, straight from numpy (bf16: uint16 bits) into the parameter
-                del arr
+                buffer = _param_buffer(list(param.shape), want) if param.size > 0 else None
+                arr = _read_tensor(st, key, list(param.shape), want, is_linear, part and part[:3],
+                                   None if buffer is None else buffer[1])
+                if buffer is not None:
+                    buffer[0]._share_buffer_to(param)
+                else:
+                    param.set_value(arr)  # one copy, straight from numpy (bf16: uint16 bits) into the parameter
+                del arr, buffer
         finally:
             for st in opened.values():
                 st.close()
