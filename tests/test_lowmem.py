@@ -22,6 +22,25 @@ from test_ops import _step_inputs, ext_only, require_extension, t  # noqa: F401 
 INT8 = "weight_only_int8"
 
 
+def _cpu_has_avx512():
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512f" in flags and "avx512bw" in flags
+
+
+@pytest.fixture(params=["avx512", "avx2"])
+def isa(request, monkeypatch):
+    """The instruction set of the kernels' bf16 / int8 products: the portable AVX2 path (the default) or AVX-512,
+    asked for with PADDLEMIX_OPS_AVX512=1 (read by the op at every call) on a CPU that has it."""
+    if request.param == "avx512" and not _cpu_has_avx512():
+        pytest.skip("this CPU has no AVX-512 F + BW")
+    monkeypatch.setenv("PADDLEMIX_OPS_AVX512", "1" if request.param == "avx512" else "0")
+    return request.param
+
+
 def stored(w, kind):
     """A float32 weight as a (paddle weight, paddle scale or None, numpy stored weight, numpy scale or None)."""
     if kind == "bfloat16":
@@ -77,7 +96,7 @@ def test_stored_linear_fallback_matches_numpy(lead, k, n, kind, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["bfloat16", "int8"])
 @pytest.mark.parametrize("lead,k,n", STORED_CASES)
-def test_stored_linear_extension(lead, k, n, kind, ext_only):
+def test_stored_linear_extension(lead, k, n, kind, ext_only, isa):
     x, w, s, w_np, s_np = _linear_case(lead, k, n, kind, 1)
     with paddle.no_grad():
         got = ops.linear(t(x), w, s).numpy()
@@ -97,7 +116,7 @@ def test_stored_linear_rejects_a_missing_or_stray_scale():
 @pytest.mark.parametrize("kind", ["bfloat16", "int8"])
 @pytest.mark.parametrize("case", [(3, 36, 6, 3, 6, 50, 11, 10, "padded", 2), (2, 256, 8, 8, 32, 704, 300, 257,
                                                                                "padded", 3)])
-def test_decoder_step_with_stored_weights(case, kind, ext_only):
+def test_decoder_step_with_stored_weights(case, kind, ext_only, isa):
     """decoder_step on bf16 / int8 projections equals the numpy layer on the widened (and scaled) weights."""
     x, weights, keys, values, slot, pos, inv_freq, mask = _step_inputs(*case)
     args, scales, dense = [], [], []

@@ -89,6 +89,7 @@ std::vector<paddle::Tensor> DecoderStepForward(const paddle::Tensor& x, const st
            "paddlemix_ops.decoder_step: mask must be [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]");
 
   auto y = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
+  pmx_select_isa();
   std::vector<float> between(layers > 1 ? 2 * B * H : 0);  // the hidden state between layers (ping-pong)
   pmx::DecoderStepArgs a;
   a.kind = kind;

@@ -31,6 +31,7 @@ std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle:
     sp = scale.get().data<float>();
   }
   auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, x.place());
+  pmx_select_isa();
   const void* w = pmx_weight_data(weight);
   float* yp = y.data<float>();
   switch (kind) {

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -24,7 +25,27 @@
 #include <omp.h>
 #endif
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PMX_AVX512_TARGET 1  // the 16-wide path of bf16 / int8 weights is compiled for AVX-512 whatever -march says
+#endif
+
 namespace pmx {
+
+#ifdef PMX_AVX512_TARGET
+// whether the bf16 / int8 products take the AVX-512 path: asked for (PADDLEMIX_OPS_AVX512, see op_common.h) and
+// the CPU has AVX-512 F + BW (checked at run time); refreshed by the bindings at every call (linear_set_isa), so a
+// test can switch paths with the environment variable
+inline bool& linear_avx512_enabled() {
+  static bool enabled = false;
+  return enabled;
+}
+static inline void linear_set_isa(bool want_avx512) {
+  linear_avx512_enabled() = want_avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+}
+#else
+static inline void linear_set_isa(bool) {}
+#endif
 
 // columns of one panel: 4 weight rows x 4 KB streamed together, the panel's outputs (M x 4 KB) stay in L1 / L2
 constexpr int64_t kLinearPanel = 1024;
@@ -47,6 +68,61 @@ static inline __m256 widen8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
+#ifdef PMX_AVX512_TARGET
+// sixteen consecutive weights widened to float32 (float32 weights: the float32 path stays the AVX2 one, measured
+// at the memory bandwidth; this overload only completes the set)
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 widen16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 widen16(const uint16_t* p) {
+  const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+}
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 widen16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+// linear_panel's groups of four weight rows (same row order, same arithmetic per output: one fused multiply-add per
+// weight, in row order) with 16-wide vectors, for bf16 / int8 weights: their widening (a convert per 8 weights with
+// AVX2) is what limits the stream. Columns past the last whole vector one by one.
+template <typename W>
+__attribute__((target("avx512f,avx512bw"))) static void linear_groups_avx512(
+    const float* x, int64_t ldx, const W* w, float* y, int64_t m, int64_t n, int64_t c0, int64_t c1, int64_t groups,
+    int64_t rs, int64_t gstep) {
+  const int64_t cv = c0 + ((c1 - c0) / 16) * 16;
+  constexpr int64_t line = 64 / sizeof(W);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t row = g * gstep;
+    const W* w0 = w + row * n;
+    const W* w1 = w0 + rs * n;
+    const W* w2 = w1 + rs * n;
+    const W* w3 = w2 + rs * n;
+    const bool prefetch = g + 2 <= groups;
+    const int64_t next = gstep * n;
+    for (int64_t c = c0; c < cv; c += 16) {
+      if ((c & (line - 1)) == 0 && prefetch)
+        for (int i = 0; i < 4; ++i)
+          _mm_prefetch(reinterpret_cast<const char*>(w0 + next + c + i * rs * n), _MM_HINT_T0);
+      const __m512 v0 = widen16(w0 + c), v1 = widen16(w1 + c), v2 = widen16(w2 + c), v3 = widen16(w3 + c);
+      for (int64_t r = 0; r < m; ++r) {
+        const float* xr = x + r * ldx + row;
+        float* yr = y + r * n + c;
+        __m512 s = _mm512_loadu_ps(yr);
+        s = _mm512_fmadd_ps(_mm512_set1_ps(xr[0]), v0, s);
+        s = _mm512_fmadd_ps(_mm512_set1_ps(xr[rs]), v1, s);
+        s = _mm512_fmadd_ps(_mm512_set1_ps(xr[2 * rs]), v2, s);
+        s = _mm512_fmadd_ps(_mm512_set1_ps(xr[3 * rs]), v3, s);
+        _mm512_storeu_ps(yr, s);
+      }
+    }
+    for (int64_t r = 0; r < m; ++r) {
+      const float* xr = x + r * ldx + row;
+      float* yr = y + r * n;
+      for (int64_t c = cv; c < c1; ++c)
+        yr[c] += xr[0] * widen(w0[c]) + xr[rs] * widen(w1[c]) + xr[2 * rs] * widen(w2[c]) + xr[3 * rs] * widen(w3[c]);
+    }
+  }
+}
+#endif
+
 // the cache line at p + i * stride for i < 4 (the next group's four weight rows): the hardware prefetcher follows each
 // row segment but not the jump to the next group of rows (measured 15-25% faster at one row on a 2-core AMD EPYC)
 template <typename W>
@@ -65,10 +141,16 @@ static inline void linear_panel(const float* x, int64_t ldx, const W* w, float* 
                                 int64_t c0, int64_t c1, bool spread = false) {
   const int64_t groups = k / 4, rs = spread ? groups : 1, gstep = spread ? 1 : 4;  // member j of group g: g*gstep + j*rs
   int64_t kk = 0;  // first row not done in groups
+#ifdef PMX_AVX512_TARGET
+  if (!std::is_same<W, float>::value && linear_avx512_enabled()) {
+    linear_groups_avx512(x, ldx, w, y, m, n, c0, c1, groups, rs, gstep);
+    kk = 4 * groups;
+  }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
   const int64_t cv = c0 + ((c1 - c0) / 8) * 8;  // columns done with 8-wide vectors
   constexpr int64_t line = 64 / sizeof(W);        // weights per cache line: one prefetch each
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = kk / 4; g < groups; ++g) {
     const int64_t row = g * gstep;
     const W* w0 = w + row * n;
     const W* w1 = w0 + rs * n;
