@@ -117,7 +117,8 @@ __attribute__((target("avx512f,avx512bw"))) static void linear_groups_avx512(
       const float* xr = x + r * ldx + row;
       float* yr = y + r * n;
       for (int64_t c = cv; c < c1; ++c)
-        yr[c] += xr[0] * widen(w0[c]) + xr[rs] * widen(w1[c]) + xr[2 * rs] * widen(w2[c]) + xr[3 * rs] * widen(w3[c]);
+        yr[c] += xr[0] * widen(w0[c]) + xr[rs] * widen(w1[c]) + xr[2 * rs] * widen(w2[c]) +
+                 xr[3 * rs] * widen(w3[c]);
     }
   }
 }
@@ -203,7 +204,8 @@ static inline void linear_panel(const float* x, int64_t ldx, const W* w, float* 
       const float* xr = x + r * ldx + row;
       float* yr = y + r * n;
       for (int64_t c = cv; c < c1; ++c)
-        yr[c] += xr[0] * widen(w0[c]) + xr[rs] * widen(w1[c]) + xr[2 * rs] * widen(w2[c]) + xr[3 * rs] * widen(w3[c]);
+        yr[c] += xr[0] * widen(w0[c]) + xr[rs] * widen(w1[c]) + xr[2 * rs] * widen(w2[c]) +
+                 xr[3 * rs] * widen(w3[c]);
     }
   }
   kk = 4 * groups;
