@@ -74,6 +74,8 @@ def parse_args(argv=None):
                         help="LM compute dtype (auto: bfloat16 on a GPU, float32 on CPU, where bf16/fp16 cannot run)")
     parser.add_argument("--vq_dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="vision tokenizer dtype (float32 as the original; bf16 changes the decoded pixels)")
+    parser.add_argument("--quant_type", default=None, choices=["weight_only_int8"],
+                        help="int8 LM weights, one scale per output channel (CPU and GPU)")
     parser.add_argument("--output_dir", default="outputs", help="where the PNGs go")
     parser.add_argument("--threads", type=int,
                         help="CPU threads (default: every CPU, shared among the processes of a launch)")
@@ -126,7 +128,7 @@ def main(argv=None):
     args = parse_args(argv)
     launch = Launch(args.parallel)
     set_cpu_threads(args.threads)
-    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype,
+    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype, quant_type=args.quant_type,
                                             tensor_parallel_degree=launch.tensor_parallel_degree)
     processor = Emu3Processor.from_pretrained(args.model_path, args.vq_model_path, args.tokenizer_path,
                                              image_area=model.config.image_area, dtype=args.vq_dtype)

@@ -120,6 +120,8 @@ def parse_args(argv=None):
         "--vq_dtype", default="float32", choices=["float32", "bfloat16", "float16"],
         help="vision tokenizer dtype (float32 as the original; bf16 changes the image codes)",
     )
+    parser.add_argument("--quant_type", default=None, choices=["weight_only_int8"],
+                        help="int8 LM weights, one scale per output channel (CPU and GPU)")
     parser.add_argument("--threads", type=int,
                         help="CPU threads (default: every CPU, shared among the processes of a launch)")
     parser.add_argument("--parallel", choices=["tensor", "data"], help=PARALLEL_HELP)
@@ -159,7 +161,7 @@ def main(argv=None):
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # answers of untrained or cut-short models may hold U+FFFD
 
-    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype,
+    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype, quant_type=args.quant_type,
                                             tensor_parallel_degree=launch.tensor_parallel_degree)
     processor = Emu3Processor.from_pretrained(args.model_path, args.vq_model_path, args.tokenizer_path,
                                              image_area=model.config.image_area, dtype=args.vq_dtype)

@@ -189,7 +189,8 @@ class Emu3RMSNorm(nn.Layer):
 class Emu3Linear(nn.Linear):
     """A bias-free ``nn.Linear`` computed by ``ops.linear``: on CPU the few rows of a decode step stream a large
     weight once through the fused kernel, anything else takes Paddle's matmul. Same ``weight`` parameter as
-    ``nn.Linear`` (the checkpoint loader transposes it as for any ``nn.Linear``)."""
+    ``nn.Linear`` (the checkpoint loader transposes it as for any ``nn.Linear``). The weight may be stored in bf16
+    while x is float32 (``quantization.py``); ``WeightOnlyInt8Linear`` replaces this layer for int8 weights."""
 
     def __init__(self, in_features, out_features):
         super().__init__(in_features, out_features, bias_attr=False)
@@ -298,16 +299,17 @@ class Emu3DecoderLayer(nn.Layer):
         )
 
     def _step_weights(self):
-        """The layer's 9 weights in ``ops.decoder_step``'s order, kept between steps (nine sublayer lookups per layer
-        and step cost more than the op's dispatch); rebuilt when the parameters were replaced (e.g. ``model.to``)."""
+        """The layer's 9 weights in ``ops.decoder_step``'s order (int8 layers: then the 7 projections' scales), kept
+        between steps (nine sublayer lookups per layer and step cost more than the op's dispatch); rebuilt when the
+        parameters were replaced (e.g. ``model.to``)."""
         attn, mlp = self.self_attn, self.mlp
+        projections = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        stored = [p.quant_weight if hasattr(p, "quant_weight") else p.weight for p in projections]
         cached = self.__dict__.get("_fused_weights")
-        if cached is None or cached[1] is not attn.q_proj.weight or cached[8] is not mlp.down_proj.weight:
-            cached = [
-                self.input_layernorm.weight, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight,
-                attn.o_proj.weight, self.post_attention_layernorm.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
-                mlp.down_proj.weight,
-            ]
+        if cached is None or cached[1] is not stored[0] or cached[8] is not stored[6]:
+            cached = [self.input_layernorm.weight, *stored[:4], self.post_attention_layernorm.weight, *stored[4:]]
+            if hasattr(attn.q_proj, "quant_scale"):
+                cached += [p.quant_scale for p in projections]
             self.__dict__["_fused_weights"] = cached
         return cached
 
@@ -336,6 +338,8 @@ class Emu3Model(nn.Layer):
         past = cache.length if cache is not None else 0
         inv_freq = self.inv_freq(past + input_ids.shape[1])
         hidden = self.embed_tokens(input_ids)
+        if hidden.dtype != self.norm.weight.dtype:  # bf16-stored embedding (quantization.py): looked up, then cast
+            hidden = hidden.astype(self.norm.weight.dtype)
         q_len = input_ids.shape[1]
         if paddle.is_grad_enabled():
             hidden = padding_row_frozen(hidden, input_ids, self.config.pad_token_id)
@@ -426,6 +430,7 @@ def causal_lm_loss(hidden, lm_head_weight, labels, chunk_rows=LOSS_CHUNK_ROWS):
 
 class Emu3ForCausalLM(Emu3GenerationMixin, PretrainedModel):
     config_class = Emu3Config
+    _quantizable_linear = Emu3Linear
     _tp_plan = {"lm_head": "vocab"}  # with config.base_model_tp_plan: see ``from_pretrained(tensor_parallel_degree=)``
 
     def __init__(self, config):
@@ -448,7 +453,8 @@ class Emu3ForCausalLM(Emu3GenerationMixin, PretrainedModel):
 
     @property
     def dtype(self):
-        return self.lm_head.weight.dtype
+        """The compute dtype (the final norm's; the linear weights may be stored in bf16 or int8)."""
+        return self.model.norm.weight.dtype
 
     def gradient_checkpointing_enable(self):
         """Recompute each decoder layer in the backward pass (training only) instead of keeping its activations."""
@@ -521,6 +527,9 @@ class Emu3ForCausalLM(Emu3GenerationMixin, PretrainedModel):
             if self.config.tensor_parallel_degree > 1:
                 raise ValueError("labels (training) need the whole model on each process: load it with "
                                  "tensor_parallel_degree=1 (fine-tuning runs data parallel)")
+            if getattr(self.lm_head, "weight", None) is None or self.lm_head.weight.dtype != self.dtype:
+                raise ValueError("labels (training) need weights in the compute dtype: load the model without "
+                                 "quant_type and, on CPU, with dtype float32")
             labels = paddle.to_tensor(labels, dtype="int64") if not isinstance(labels, paddle.Tensor) else labels
             if list(labels.shape) != [bsz, q_len]:
                 raise ValueError(f"labels must have the shape of input_ids {[bsz, q_len]}, got {list(labels.shape)}")
