@@ -121,6 +121,37 @@ def cases(rng):
                 lambda: fallback.masked_softmax_(scores.clone(), mask, 0.125),
                 lambda: ops.masked_softmax_(scores.clone(), mask, 0.125)))
     out += _decoder_step_cases(rng)
+    out += _stored_weight_cases(rng)
+    return out
+
+
+def _stored(w, kind):
+    """A float32 numpy weight [in, out] as ops.linear's stored arguments: bf16 (truncated bits) or int8 + scale."""
+    if kind == "bf16":
+        return (paddle.to_tensor((w.view(np.uint32) >> 16).astype(np.uint16)).view(paddle.bfloat16),)
+    from paddlemix.models.quantization import quantize_rows
+
+    q, s = quantize_rows(np.ascontiguousarray(w.T))
+    return paddle.to_tensor(np.ascontiguousarray(q.T)), paddle.to_tensor(s)
+
+
+def _stored_weight_cases(rng):
+    """bf16 / int8 weights (quantization.py) at an Emu3-8B MLP projection [4096, 14336]: decode rows (the fallback
+    widens blocks of columns before Paddle's matmul, the kernel widens in registers), and a 256-row prefill block,
+    where both run the fallback: its column-block widening + MKL matmul against a plain float32 matmul (the cost of
+    the widening)."""
+    w = (rng.standard_normal((4096, 14336)) / 64).astype("float32")
+    out = []
+    for kind in ("bf16", "int8"):
+        args = _stored(w, kind)
+        for rows in (1, 2):
+            x = paddle.to_tensor(rng.standard_normal((rows, 4096)).astype("float32"))
+            out.append((f"linear {kind}", f"[{rows}, 4096] x [4096, 14336]",
+                        lambda x=x, a=args: fallback.linear(x, *a), lambda x=x, a=args: ops.linear(x, *a)))
+        x = paddle.to_tensor(rng.standard_normal((256, 4096)).astype("float32"))
+        wf = paddle.to_tensor(w)
+        out.append((f"linear {kind} prefill", "[256, 4096] x [4096, 14336]; fallback column = float32 matmul",
+                    lambda x=x: paddle.matmul(x, wf), lambda x=x, a=args: ops.linear(x, *a)))
     return out
 
 
@@ -170,6 +201,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads (both sides)")
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--ops", help="only the cases whose op name starts with one of these (comma-separated)")
     args = ap.parse_args()
     if ops.extension() is None:
         sys.exit("paddlemix_ops is not available: build it (cd external_ops && python setup.py install) and make sure "
@@ -180,6 +212,8 @@ def main():
     rows = []
     with paddle.no_grad():
         for op, shape, fb, ext in cases(rng):
+            if args.ops and not op.startswith(tuple(args.ops.split(","))):
+                continue
             same = all(np.array_equal(a.numpy(), b.numpy()) or np.allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
                        for a, b in zip(_as_tuple(fb()), _as_tuple(ext())))
             t_fb, t_ext = best_time(fb, args.repeats), best_time(ext, args.repeats)

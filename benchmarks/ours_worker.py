@@ -5,6 +5,9 @@ Usage (run.py does this): ``python ours_worker.py JOB.json RESULT.json``. Jobs:
 * ``make_weights``: random weights for a config, written by our ``save_pretrained`` in the original key layout.
 * ``map_keys``: {transformers key: original key} through our models' documented ``_map_checkpoint_key``.
 * ``vq``, ``lm``, ``t2i``, ``vqa``, ``memory``, ``train``: the benchmark cases (the same work as ref_worker.py).
+* ``make_real8b``: a random bf16 checkpoint of an LM config in the original layout and sharding, written tensor by
+  tensor (random_checkpoint.py); ``real8b``: that checkpoint loaded with bf16 or int8 weights (the job's
+  ``variant``): load time and peak RSS, a VQA prefill, decode steps at each batch size against the floor.
 * ``parallel``: the batch-1 decode step under the launch it runs in (tensor parallel over its processes) and the
   weight bytes this rank reads per step.
 """
@@ -197,6 +200,84 @@ def job_memory(job):
     }
 
 
+def job_make_real8b(job):
+    """The keys and PyTorch-layout shapes come from our model built lazily (no memory): the original layout."""
+    import paddle
+    from random_checkpoint import write_random_checkpoint
+
+    cls = model_class("lm")
+    with paddle.LazyGuard():
+        model = cls(cls.config_class.from_dict(job["config"]))
+    linear = model._linear_weight_names()
+    tensors = [(model._paddle_to_original_name(name), list(p.shape)[::-1] if name in linear else list(p.shape))
+               for name, p in model.state_dict().items()]
+    total = write_random_checkpoint(tensors, job["orig_dir"], seed=0)
+    model.config.save_pretrained(job["orig_dir"])
+    return {"bytes": total}
+
+
+def job_real8b(job):
+    """Load (time, peak RSS), the VQA prompt's prefill (generate one token: the lm_head runs on the last position
+    only, as in transformers' generate), then decode steps per batch size (common.decode_timing: generate(n + 1) -
+    generate(1) with the copy bandwidth measured around the batch-1 timing). step_bytes: the weights a decode step
+    reads (all but the embedding) as stored."""
+    import numpy as np
+    import paddle
+
+    set_threads(job["threads"])
+    base = common.rss_kib("VmRSS")
+    t0 = time.perf_counter()
+    model = model_class("lm").from_pretrained(
+        job["orig_dir"], dtype="bfloat16", quant_type=None if job["variant"] == "bfloat16" else job["variant"]
+    )
+    res = {"load": time.perf_counter() - t0, "baseline_kib": base, "load_peak_kib": common.rss_kib("VmHWM")}
+    res["stored"] = str(model.model.layers[0]._step_weights()[1].dtype)  # q_proj's weight, as stored
+    res["step_bytes"] = sum(int(np.prod(p.shape)) * p.element_size() for name, p in model.state_dict().items()
+                            if "embed_tokens" not in name)
+    ids = common.vqa_prompt(job)
+    with paddle.no_grad():
+        _generate(model, [ids[:32]], max_new_tokens=2, do_sample=False)
+        t0 = time.perf_counter()
+        _generate(model, [ids], max_new_tokens=1, do_sample=False)
+        res["prefill"], res["prefill tokens"] = time.perf_counter() - t0, len(ids)
+        rng = np.random.default_rng(3)
+        for batch in job["decode_batches"]:
+            prompt = rng.integers(0, job["text_vocab"], (batch, job["decode_prompt_len"]))
+
+            def gen(n):
+                return _generate(model, prompt, max_new_tokens=n, do_sample=False)
+
+            gen(2)
+            timing = common.decode_timing(gen, job, batch)
+            timing[f"ids b{batch}"] = timing[f"ids b{batch}"][:, prompt.shape[1]:].flatten().tolist()
+            res.update(timing)
+    res["peak_kib"] = common.rss_kib("VmHWM")
+    return res
+
+
+def job_parallel(job):
+    import numpy as np
+    import paddle
+
+    set_threads(job["threads"])
+    model = load(job)  # tensor-parallel degree and rank from the launch (1 and 0 outside one)
+    prompt = common.lm_prompts(job)[1][1]
+    embed = model.model.embed_tokens.weight
+    res = {"step_bytes": sum(int(np.prod(p.shape)) * 4 for p in model.parameters() if p is not embed)}
+    with paddle.no_grad():
+        def gen(n):
+            return _generate(model, prompt, max_new_tokens=n, do_sample=False)
+
+        gen(2)
+        timing = common.decode_timing(gen, job, 1)
+    res["decode step b1"] = timing["decode step b1"]
+    res["ids b1"] = timing["ids b1"][:, prompt.shape[1]:].flatten().tolist()
+    return res
+
+
+    return res
+
+
 def job_train(job):
     """One optimizer step of a plain training loop, the same work as the reference's: forward with labels (the
     model's chunked float32 loss), backward, the trainer's AdamW (``build_optimizer``: paddle.optimizer.AdamW, no
@@ -230,26 +311,6 @@ def job_train(job):
     return res
 
 
-def job_parallel(job):
-    import numpy as np
-    import paddle
-
-    set_threads(job["threads"])
-    model = load(job)  # tensor-parallel degree and rank from the launch (1 and 0 outside one)
-    prompt = common.lm_prompts(job)[1][1]
-    embed = model.model.embed_tokens.weight
-    res = {"step_bytes": sum(int(np.prod(p.shape)) * 4 for p in model.parameters() if p is not embed)}
-    with paddle.no_grad():
-        def gen(n):
-            return _generate(model, prompt, max_new_tokens=n, do_sample=False)
-
-        gen(2)
-        timing = common.decode_timing(gen, job, 1)
-    res["decode step b1"] = timing["decode step b1"]
-    res["ids b1"] = timing["ids b1"][:, prompt.shape[1]:].flatten().tolist()
-    return res
-
-
 def run_job(job):
     import numpy as np
 
@@ -261,8 +322,10 @@ def run_job(job):
         "t2i": job_t2i,
         "vqa": job_vqa,
         "memory": job_memory,
-        "parallel": job_parallel,
         "train": job_train,
+        "make_real8b": job_make_real8b,
+        "real8b": job_real8b,
+        "parallel": job_parallel,
     }[job["job"]](job)
     import paddle
 

@@ -6,6 +6,9 @@ Usage (run.py does this): ``.ref_venv/bin/python ref_worker.py JOB.json RESULT.j
 * ``convert``: write a transformers-layout folder from our original-layout checkpoint and the key mapping
   {transformers key: original key} that our package documents (its ``_map_checkpoint_key``).
 * ``vq``, ``lm``, ``t2i``, ``vqa``, ``memory``, ``train``: the benchmark cases; each returns {metric: value}.
+* ``link_real8b``: a transformers-layout folder for a sharded original checkpoint whose key mapping is the identity
+  (config.json written, the shards and index linked); ``real8b``: it loaded with ``dtype=torch.bfloat16``, timed as
+  ours_worker.job_real8b.
 
 Config field names follow transformers 5.x (checked against the installed package): Emu3VQVAEConfig uses
 base_channels / channel_multiplier / latent_channels / double_latent and sizes its attention by hidden_size;
@@ -288,6 +291,56 @@ def job_memory(job):
     }
 
 
+def job_link_real8b(job):
+    os.makedirs(job["hf_dir"], exist_ok=True)
+    if any(k != v for k, v in job["mapping"].items()):
+        raise ValueError("real8b links the original shards: the transformers keys must equal the original ones")
+    hf_config("lm", job["config"]).save_pretrained(job["hf_dir"])
+    for name in os.listdir(job["orig_dir"]):
+        if name.endswith(".safetensors") or name.endswith(".index.json"):
+            dst = os.path.join(job["hf_dir"], name)
+            if os.path.lexists(dst):
+                os.remove(dst)
+            os.symlink(os.path.abspath(os.path.join(job["orig_dir"], name)), dst)
+    return {"linked": True}
+
+
+def job_real8b(job):
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    base = common.rss_kib("VmRSS")
+    t0 = time.perf_counter()
+    model = model_class("lm").from_pretrained(job["hf_dir"], dtype=torch.bfloat16)
+    model.eval()
+    res = {"load": time.perf_counter() - t0, "baseline_kib": base, "load_peak_kib": common.rss_kib("VmHWM")}
+    res["step_bytes"] = sum(p.numel() * p.element_size() for name, p in model.state_dict().items()
+                            if "embed_tokens" not in name)
+    pad = job["lm_config"]["pad_token_id"]
+    ids = torch.tensor([common.vqa_prompt(job)])
+    with torch.inference_mode():
+        model.generate(input_ids=ids[:, :32], max_new_tokens=2, do_sample=False, pad_token_id=pad)
+        t0 = time.perf_counter()
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False,
+                       pad_token_id=pad)
+        res["prefill"], res["prefill tokens"] = time.perf_counter() - t0, ids.shape[1]
+        rng = np.random.default_rng(3)
+        for batch in job["decode_batches"]:
+            prompt = torch.from_numpy(rng.integers(0, job["text_vocab"], (batch, job["decode_prompt_len"])))
+
+            def gen(n):
+                return model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                                      min_new_tokens=n, do_sample=False, pad_token_id=pad)
+
+            gen(2)
+            timing = common.decode_timing(gen, job, batch)
+            timing[f"ids b{batch}"] = timing[f"ids b{batch}"][:, prompt.shape[1]:].flatten().tolist()
+            res.update(timing)
+    res["peak_kib"] = common.rss_kib("VmHWM")
+    return res
+
+
 def job_train(job):
     """One optimizer step of a plain training loop: forward with labels (transformers' causal-LM loss), backward,
     torch.optim.AdamW as the Trainer builds it (hyper-parameters of the original's t2i_sft.sh, no decay on the
@@ -334,6 +387,8 @@ def run_job(job):
         "vqa": job_vqa,
         "memory": job_memory,
         "train": job_train,
+        "link_real8b": job_link_real8b,
+        "real8b": job_real8b,
     }[job["job"]](job)
     result["_versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     return result

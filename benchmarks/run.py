@@ -3,6 +3,8 @@
     python benchmarks/run.py --suite all            # full run; needs the reference venv (setup_reference.sh)
     python benchmarks/run.py --suite all --smoke    # tiny configs, our side only, under a minute (CI)
     python benchmarks/run.py --suite vq --threads 2
+    python benchmarks/run.py --suite real8b          # Emu3-8B's exact shape, bf16 / int8 vs the reference (17 GB)
+    python benchmarks/run.py --suite real8b --smoke --layers 2   # the same code on a small shape (seconds)
 
 Every case runs in a fresh subprocess per side, with the same thread count (OMP/MKL env, paddle's and torch's
 set_num_threads) and the same random weights: written once by our ``save_pretrained`` in the original key layout
@@ -27,6 +29,9 @@ ROOT = os.path.dirname(HERE)
 WORK = os.path.join(HERE, ".work")
 REF_PYTHON = os.path.join(HERE, ".ref_venv", "bin", "python")
 SUITES = ("vq", "lm", "t2i", "vqa", "memory", "floor", "parallel", "train")
+# suites not in "all": they need their own large checkpoint
+EXTRA_SUITES = ("real8b",)
+REAL8B_VARIANTS = ("bfloat16", "weight_only_int8")
 
 
 def lm_config(vocab_size, codebook_size, hidden, layers, heads, kv_heads, intermediate, max_pos):
@@ -79,12 +84,16 @@ FULL = {
     "vq": vq_config(32768, 64, [1, 2, 2, 4], 2, [3]),
     "lm": lm_config(40000, 32768, 512, 8, 8, 2, 1376, 4096),
     "memory_lm": lm_config(40000, 32768, 2048, 8, 16, 4, 5632, 4096),
+    # Emu3-8B's exact shape (Emu3-Gen / Emu3-Chat config.json)
+    "real8b": lm_config(184622, 32768, 4096, 32, 32, 8, 14336, 9216),
     "params": {
         "vq_sizes": [256, 512], "vq_warm_sizes": [256], "repeats": 3, "vq_repeats": 1,
         "prefill_len": 1024, "decode_prompt_len": 128, "decode_steps": 64, "decode_batches": [1, 2],
         "t2i_grid": [32, 32], "t2i_prompt_len": 20, "top_k": 2048, "guidance_scale": 3.0,
         "vqa_grid": [32, 32], "vqa_question_len": 4, "vqa_new_tokens": 64,
         "floor_bytes": 512 * 1024**2,
+        "real8b_grid": [32, 32], "real8b_question_len": 4, "real8b_prompt_len": 32, "real8b_steps": 16,
+        "real8b_repeats": 2,
         "train_batch": 4, "train_len": 1024, "train_steps": 3,
     },
 }
@@ -92,12 +101,15 @@ SMOKE = {
     "vq": vq_config(512, 32, [1, 2], 1, [1]),
     "lm": lm_config(1000, 512, 64, 2, 4, 2, 160, 512),
     "memory_lm": lm_config(1000, 512, 256, 2, 4, 2, 512, 512),
+    "real8b": lm_config(5000, 1024, 256, 2, 8, 2, 704, 2048),
     "params": {
         "vq_sizes": [32], "vq_warm_sizes": [32], "repeats": 2, "vq_repeats": 2,
         "prefill_len": 64, "decode_prompt_len": 8, "decode_steps": 8, "decode_batches": [1, 2],
         "t2i_grid": [4, 4], "t2i_prompt_len": 6, "top_k": 64, "guidance_scale": 3.0,
         "vqa_grid": [4, 4], "vqa_question_len": 4, "vqa_new_tokens": 8,
         "floor_bytes": 64 * 1024**2,
+        "real8b_grid": [8, 8], "real8b_question_len": 4, "real8b_prompt_len": 8, "real8b_steps": 4,
+        "real8b_repeats": 1,
         "train_batch": 2, "train_len": 32, "train_steps": 2,
     },
 }
@@ -110,6 +122,11 @@ TARGETS = {
     "decode step b1 / floor": ("ours <= 1.3", lambda gain, ours: ours <= 1.3),
     "peak RSS loading / ckpt": ("ours <= 1.2", lambda gain, ours: ours <= 1.2),
     "VQA": ("gain >= 1.2x", lambda gain, ours: gain >= 1.2),
+    "8B bf16 peak RSS loading / ckpt": ("ours <= 1.1", lambda gain, ours: ours <= 1.1),
+    "8B bf16 decode step b1 / floor": ("ours <= 1.3", lambda gain, ours: ours <= 1.3),
+    "8B weight_only_int8 decode step b1 / floor": ("ours <= 1.5", lambda gain, ours: ours <= 1.5),
+    "8B bf16 decode step b1 (ms)": ("gain >= 2x", lambda gain, ours: gain >= 2.0),
+    "8B bf16 VQA prefill": ("gain >= 1x", lambda gain, ours: gain >= 1.0),
     "train tokens/s": ("gain >= 1x", lambda gain, ours: gain >= 1.0),
     "train peak RSS": ("gain >= 1x (no more memory)", lambda gain, ours: gain >= 1.0),
     "recompute: activation memory cut": ("ours >= 2x", lambda gain, ours: ours >= 2.0),
@@ -138,7 +155,7 @@ class Runner:
         python = sys.executable if side == "ours" else REF_PYTHON
         script = os.path.join(HERE, "ours_worker.py" if side == "ours" else "ref_worker.py")
         job = dict({"threads": self.args.threads}, **job)
-        tag = f"{side}-{job['job']}{job.get('variant', '')}-{job.get('name', '')}".rstrip("-")
+        tag = f"{side}-{job['job']}{job.get('tag_suffix', '')}-{job.get('name', '')}".rstrip("-")
         job_path = os.path.join(WORK, "logs", f"{tag}.job.json")
         out_path = os.path.join(WORK, "logs", f"{tag}.result.json")
         log_path = os.path.join(WORK, "logs", f"{tag}.log")
@@ -323,6 +340,68 @@ class Runner:
             net = [None if r is None else (r[key] - r["baseline_kib"]) * 1024 / size for r in (ours, ref)]
             self.add(f"{label} / ckpt", net[0], net[1], "x ckpt", fmt="{:.2f}")
 
+    def suite_real8b(self):
+        """A random checkpoint of Emu3-8B's exact shape (configs["real8b"], --layers overrides the layer count),
+        bf16 shards in the original layout written once tensor by tensor (benchmarks/.work, cached by config), then
+        per variant (bf16, int8) a fresh process of ours and one of the reference (transformers, torch bf16, the same
+        shards linked): load time and peak RSS, a VQA prefill, decode steps at batch 1 and 2 against the floor (the
+        weight bytes a step reads over the copy bandwidth measured around the batch-1 timing). The fp32 row says
+        what float32 weights would need."""
+        p, config = self.params, dict(self.configs["real8b"])
+        if self.args.layers is not None:
+            config["num_hidden_layers"] = self.args.layers
+        digest = hashlib.sha1(json.dumps([config, 1], sort_keys=True).encode()).hexdigest()[:10]
+        base = os.path.join(WORK, "weights", f"real8b-{digest}")
+        orig_dir, hf_dir = os.path.join(base, "orig"), os.path.join(base, "hf")
+        if not os.path.exists(os.path.join(orig_dir, ".complete")):
+            made = self.call("ours", {"job": "make_real8b", "name": "real8b", "config": config, "orig_dir": orig_dir})
+            if made is None:
+                return
+            open(os.path.join(orig_dir, ".complete"), "w").close()
+        ckpt = weight_bytes_dir(orig_dir)
+        if self.reference and not os.path.exists(os.path.join(hf_dir, ".complete")):
+            keys = self.call("ref", {"job": "hf_keys", "name": "real8b", "model": "lm", "config": config})
+            mapped = keys and self.call("ours", {"job": "map_keys", "name": "real8b", "model": "lm",
+                                                  "hf_keys": sorted(keys["keys"])})
+            if mapped and self.call("ref", {"job": "link_real8b", "name": "real8b", "config": config,
+                                            "mapping": mapped["mapping"], "orig_dir": orig_dir, "hf_dir": hf_dir}):
+                open(os.path.join(hf_dir, ".complete"), "w").close()
+        self.cache["real8b"] = (orig_dir, hf_dir)
+        names = dict(self.lm_ids("real8b"), lm_config=config)
+        job = dict(names, job="real8b", config=config, orig_dir=orig_dir, hf_dir=hf_dir, vqa_grid=p["real8b_grid"],
+                   vqa_question_len=p["real8b_question_len"], decode_prompt_len=p["real8b_prompt_len"],
+                   decode_steps=p["real8b_steps"], repeats=p["real8b_repeats"], decode_batches=[1, 2],
+                   floor_bytes=p["floor_bytes"])
+        ref = None
+        if self.reference and os.path.exists(os.path.join(hf_dir, ".complete")):
+            ref = self.call("ref", dict(job, name="real8b-ref"))  # bf16: the reference column of every variant
+        params = sum(int(v) for v in weight_shapes_numel(orig_dir))
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self.add(f"8B checkpoint ({config['num_hidden_layers']} layers, bf16 shards)", ckpt / 1e9, None, "GB",
+                 compare=False)
+        self.add(f"8B fp32: cannot run here ({4 * params / 1e9:.1f} GB of float32 weights against "
+                 f"{ram / 1e9:.1f} GB of RAM)" if 4 * params > ram else
+                 f"8B fp32 weights ({4 * params / 1e9:.1f} GB, {ram / 1e9:.1f} GB of RAM; not run)",
+                 None, None, "", compare=False)
+        for variant in REAL8B_VARIANTS:
+            ours = self.call("ours", dict(job, name=f"real8b-{variant}", variant=variant))
+            tag = "bf16" if variant == "bfloat16" else variant
+            self.add(f"8B {tag} load", self.get(ours, "load"), self.get(ref, "load"), "s", fmt="{:.1f}")
+            peaks = [None if r is None else (r["load_peak_kib"] - r["baseline_kib"]) * 1024 for r in (ours, ref)]
+            self.add(f"8B {tag} peak RSS loading / ckpt", *[None if v is None else v / ckpt for v in peaks],
+                     "x ckpt", fmt="{:.2f}")
+            self.add(f"8B {tag} VQA prefill {int(self.get(ours or ref, 'prefill tokens') or 0)} tokens",
+                     self.get(ours, "prefill"), self.get(ref, "prefill"), "s", fmt="{:.1f}")
+            for b in (1, 2):
+                self.add(f"8B {tag} decode step b{b} (ms)", self.get(ours, f"decode step b{b}", 1e3),
+                         self.get(ref, f"decode step b{b}", 1e3), "ms", fmt="{:.1f}")
+            floor = [None if r is None else r["step_bytes"] / r["bandwidth b1"] for r in (ours, ref)]
+            self.add(f"8B {tag} floor ({self.get(ours, 'step_bytes', 1e-9) or 0:.2f} GB per step / copy bandwidth)",
+                     *[None if f is None else f * 1e3 for f in floor], "ms", fmt="{:.1f}", compare=False)
+            ratio = [None if r is None or f is None else r["decode step b1"] / f for r, f in zip((ours, ref), floor)]
+            self.add(f"8B {tag} decode step b1 / floor", ratio[0], ratio[1], "x floor", fmt="{:.2f}", compare=False)
+            self.parity(f"8B {tag} greedy ids b1 (random weights)", ours, ref, "ids b1")
+
     def suite_floor(self):
         """Each side's batch-1 decode step against the floor at the copy bandwidth its own worker measured right
         before and after that step timing (common.decode_timing)."""
@@ -375,7 +454,7 @@ class Runner:
         tokens = p["train_batch"] * p["train_len"]
         activations, losses = {}, {}
         for recompute in (False, True):
-            job = {"job": "train", "variant": "-recompute" if recompute else "", "recompute": recompute,
+            job = {"job": "train", "tag_suffix": "-recompute" if recompute else "", "recompute": recompute,
                    "train_batch": p["train_batch"], "train_len": p["train_len"], "train_steps": p["train_steps"]}
             ours, ref = self.both(job, "lm", "lm")
             suffix = ", recompute" if recompute else ""
@@ -407,6 +486,25 @@ def weight_bytes(path, exclude=()):
         header = json.loads(f.read(n))
     return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
                if k != "__metadata__" and k not in exclude)
+
+
+def weight_bytes_dir(folder):
+    """Bytes of the tensors of every safetensors shard of a folder."""
+    return sum(weight_bytes(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
+
+
+def weight_shapes_numel(folder):
+    """Element counts of the tensors of every safetensors shard of a folder, from the headers."""
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        with open(os.path.join(folder, name), "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        for k, v in header.items():
+            if k != "__metadata__":
+                count = 1
+                for d in v["shape"]:
+                    count *= d
+                yield count
 
 
 def fmt_value(v, fmt):
@@ -445,7 +543,9 @@ def machine():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", default="all", choices=("all",) + SUITES, help="which cases to run")
+    parser.add_argument("--suite", default="all", choices=("all",) + SUITES + EXTRA_SUITES,
+                        help="which cases to run (all: every suite but real8b)")
+    parser.add_argument("--layers", type=int, help="real8b: this many decoder layers instead of the config's")
     parser.add_argument("--smoke", action="store_true", help="tiny configs (seconds); our side only by default")
     parser.add_argument("--with-reference", action="store_true", help="smoke mode: also run the reference")
     parser.add_argument("--no-reference", action="store_true", help="full mode: run our side only")
@@ -460,6 +560,8 @@ def main():
     args = parser.parse_args()
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.layers is not None and args.layers < 1:
+        parser.error("--layers must be at least 1")
     bad = [item for item in args.ours_env if "=" not in item or not item.split("=", 1)[0]]
     if bad:
         parser.error(f"--ours-env takes VAR=VALUE, got {bad}")
@@ -487,7 +589,8 @@ def main():
         f"## {started:%Y-%m-%d %H:%M} UTC: `{command}`",
         "",
         f"- machine: {machine()}",
-        f"- threads: {args.threads} on both sides; float32, CPU"
+        f"- threads: {args.threads} on both sides; "
+        + ("weights bf16 / int8 (ours compute in float32), CPU" if args.suite == "real8b" else "float32, CPU")
         + (f"; our side's extra environment: {args.ours_env}" if args.ours_env else ""),
         f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
         f"- configs: {'smoke (tiny)' if args.smoke else 'full'}; reference: "

@@ -163,3 +163,21 @@ def np_masked_softmax(scores, mask, scale):
             x = x + mask.astype(np.float64)
     e = np.exp(x - x.max(-1, keepdims=True))
     return (e / e.sum(-1, keepdims=True)).astype(F32)
+
+
+def bf16_bits(w):
+    """bf16 bit patterns (uint16) of a float32 array, truncated toward zero (any bf16 values serve as test weights)."""
+    return (np.ascontiguousarray(w, dtype=F32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def np_widen(w):
+    """A stored weight as float64: bf16 bits (uint16) are the high half of a float32; int8 and float32 as they are."""
+    if w.dtype == np.uint16:
+        return (w.astype(np.uint32) << 16).view(F32).astype(np.float64)
+    return w.astype(np.float64)
+
+
+def np_linear_stored(x, w, scale=None):
+    """x [..., K] @ w [K, N] in float64 with w float32, bf16 bits (uint16) or int8; an int8 product times scale [N]."""
+    y = x.astype(np.float64) @ np_widen(w)
+    return (y if scale is None else y * scale.astype(np.float64)).astype(F32)

@@ -505,7 +505,8 @@ def test_linear_many_rows_or_small_weight_take_matmul(rows_over, weights_under, 
     """More than LINEAR_MAX_ROWS rows, or a weight under LINEAR_MIN_WEIGHTS, go to the fallback (Paddle's matmul)
     even when the kernel is enabled."""
     calls = []
-    monkeypatch.setattr(fallback, "linear", lambda x, w: calls.append(x.shape) or ORIGINAL_FALLBACK["linear"](x, w))
+    monkeypatch.setattr(fallback, "linear",
+                        lambda x, w, *s: calls.append(x.shape) or ORIGINAL_FALLBACK["linear"](x, w, *s))
     monkeypatch.setattr(ops, "CPU_EXT_OPS", frozenset(OPS))
     monkeypatch.setattr(ops, "LINEAR_MIN_WEIGHTS", 24 * 10 + weights_under)
     x, w = _linear_inputs((ops.LINEAR_MAX_ROWS + rows_over,), 24, 10, 3)

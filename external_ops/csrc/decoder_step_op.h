@@ -2,10 +2,11 @@
 // (all of a model's, in one call: one dispatch per step instead of one per layer), each computed by
 // kernels/decoder_step_cpu.h. x [B, 1, hidden] (or [B, hidden]); weights: 9 tensors per layer, layer after layer, in
 // the order input_layernorm, q_proj, k_proj, v_proj, o_proj, post_attention_layernorm, gate_proj, up_proj, down_proj
-// (norm scales [hidden], projections in Paddle's [in, out] layout); keys, values: L tensors [B, kv_heads, capacity,
-// head_dim] that get each layer's new key/value at `slot` (in place); position_ids [B] int64; inv_freq
-// [head_dim / 2]; mask: additive float32 [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]. Returns the last
-// layer's output, shaped as x.
+// (norm scales [hidden] float32, projections in Paddle's [in, out] layout, all float32 or all bf16, or all int8 and
+// then followed by the layer's 7 projection scales [out] float32 in the same order: 16 tensors per layer);
+// keys, values: L tensors [B, kv_heads, capacity, head_dim] that get each layer's new key/value at `slot` (in place);
+// position_ids [B] int64; inv_freq [head_dim / 2]; mask: additive float32 [B, 1 or kv_heads, 1 or heads / kv_heads,
+// capacity]. Returns the last layer's output, shaped as x.
 #pragma once
 
 #include <vector>
@@ -26,8 +27,13 @@ std::vector<paddle::Tensor> DecoderStepForward(const paddle::Tensor& x, const st
                                                const paddle::Tensor& position_ids, const paddle::Tensor& inv_freq,
                                                const paddle::Tensor& mask, int64_t slot, float eps) {
   const size_t layers = keys.size();
-  PD_CHECK(layers > 0 && values.size() == layers && weights.size() == 9 * layers,
-           "paddlemix_ops.decoder_step: expected 9 weights, one keys and one values tensor per layer");
+  PD_CHECK(layers > 0 && values.size() == layers && (weights.size() == 9 * layers || weights.size() == 16 * layers),
+           "paddlemix_ops.decoder_step: expected 9 weights (int8: 9 weights and 7 scales), one keys and one values "
+           "tensor per layer");
+  const size_t per_layer = weights.size() / layers;
+  const pmx::WeightKind kind = pmx_weight_kind(weights[1], "decoder_step");
+  PD_CHECK((kind == pmx::WeightKind::kInt8) == (per_layer == 16),
+           "paddlemix_ops.decoder_step: int8 projections need their 7 scales per layer, other weights take none");
   PD_CHECK(x.is_cpu() && mask.is_cpu(), "paddlemix_ops.decoder_step: CPU only");
   PMX_CHECK_CPU_F32(x, "x");
   PMX_CHECK_CPU_F32(mask, "mask");
@@ -36,6 +42,7 @@ std::vector<paddle::Tensor> DecoderStepForward(const paddle::Tensor& x, const st
   PD_CHECK(cache_shape.size() == 4, "paddlemix_ops.decoder_step: keys and values must be [B, kv_heads, capacity, head_dim]");
   const int64_t B = cache_shape[0], kv_heads = cache_shape[1], capacity = cache_shape[2], D = cache_shape[3];
   const int64_t H = weights[0].numel();
+  const int proj[7] = {1, 2, 3, 4, 6, 7, 8};  // the projections among a layer's 9 weights
   PD_CHECK(x.numel() == B * H && x.shape().back() == H, "paddlemix_ops.decoder_step: x must be [B, 1, hidden]");
   PD_CHECK(weights[1].shape().size() == 2 && weights[1].shape()[1] % D == 0,
            "paddlemix_ops.decoder_step: q_proj must be [hidden, heads * head_dim]");
@@ -45,13 +52,22 @@ std::vector<paddle::Tensor> DecoderStepForward(const paddle::Tensor& x, const st
   PD_CHECK(weights[6].shape().size() == 2, "paddlemix_ops.decoder_step: gate_proj must be 2-D");
   const int64_t I = weights[6].shape()[1];
   for (size_t l = 0; l < layers; ++l) {
-    const paddle::Tensor* w = weights.data() + 9 * l;
+    const paddle::Tensor* w = weights.data() + per_layer * l;
     PD_CHECK(keys[l].is_cpu() && values[l].is_cpu(), "paddlemix_ops.decoder_step: CPU only");
     PMX_CHECK_CPU_F32(keys[l], "keys");
     PMX_CHECK_CPU_F32(values[l], "values");
     PD_CHECK(keys[l].shape() == cache_shape && values[l].shape() == cache_shape,
              "paddlemix_ops.decoder_step: every layer's keys and values must be [B, kv_heads, capacity, head_dim]");
-    for (int i = 0; i < 9; ++i) PMX_CHECK_CPU_F32(w[i], "every weight");
+    PMX_CHECK_CPU_F32(w[0], "input_layernorm");
+    PMX_CHECK_CPU_F32(w[5], "post_attention_layernorm");
+    for (int i : proj)
+      PD_CHECK(w[i].is_cpu() && w[i].dtype() == weights[1].dtype(),
+               "paddlemix_ops.decoder_step: every projection must be stored in one dtype on CPU");
+    for (int i = 9; i < static_cast<int>(per_layer); ++i) {
+      PMX_CHECK_CPU_F32(w[i], "every scale");
+      PD_CHECK(w[i].numel() == w[proj[i - 9]].shape()[1],
+               "paddlemix_ops.decoder_step: a scale must have one entry per output column of its projection");
+    }
     PD_CHECK(w[0].numel() == H && w[5].numel() == H, "paddlemix_ops.decoder_step: a layernorm has the wrong size");
     pmx_check_shape(w[1], {H, nq}, "q_proj");
     pmx_check_shape(w[2], {H, nkv}, "k_proj");
@@ -73,8 +89,10 @@ std::vector<paddle::Tensor> DecoderStepForward(const paddle::Tensor& x, const st
            "paddlemix_ops.decoder_step: mask must be [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]");
 
   auto y = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
+  pmx_select_isa();
   std::vector<float> between(layers > 1 ? 2 * B * H : 0);  // the hidden state between layers (ping-pong)
   pmx::DecoderStepArgs a;
+  a.kind = kind;
   a.batch = B;
   a.hidden = H;
   a.heads = heads;
@@ -91,16 +109,15 @@ std::vector<paddle::Tensor> DecoderStepForward(const paddle::Tensor& x, const st
   a.inv_freq = inv_freq.data<float>();
   a.mask = mask.data<float>();
   for (size_t l = 0; l < layers; ++l) {
-    const paddle::Tensor* w = weights.data() + 9 * l;
+    const paddle::Tensor* w = weights.data() + per_layer * l;
     a.ln1 = w[0].data<float>();
-    a.wq = w[1].data<float>();
-    a.wk = w[2].data<float>();
-    a.wv = w[3].data<float>();
-    a.wo = w[4].data<float>();
     a.ln2 = w[5].data<float>();
-    a.wg = w[6].data<float>();
-    a.wu = w[7].data<float>();
-    a.wd = w[8].data<float>();
+    const void** ws[7] = {&a.wq, &a.wk, &a.wv, &a.wo, &a.wg, &a.wu, &a.wd};
+    const float** ss[7] = {&a.sq, &a.sk, &a.sv, &a.so, &a.sg, &a.su, &a.sd};
+    for (int i = 0; i < 7; ++i) {
+      *ws[i] = pmx_weight_data(w[proj[i]]);
+      *ss[i] = per_layer == 16 ? w[9 + i].data<float>() : nullptr;
+    }
     a.keys = keys[l].data<float>();
     a.values = values[l].data<float>();
     a.x = l == 0 ? x.data<float>() : between.data() + ((l - 1) % 2) * B * H;

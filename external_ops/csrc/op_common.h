@@ -41,3 +41,43 @@ inline pmx::DType pmx_cuda_dtype(const paddle::Tensor& t) {
            " must be float32 on CPU (the CPU kernels are float32 only)")
 
 #define PMX_NO_CUDA(op) PD_THROW("paddlemix_ops: ", op, " got a GPU tensor but the extension was built without CUDA")
+
+#include <cstdlib>
+
+#include "kernels/decoder_step_cpu.h"
+
+// how a CPU weight tensor is stored, for the kernels that read float32, bf16 or int8 weights (linear, decoder_step)
+inline pmx::WeightKind pmx_weight_kind(const paddle::Tensor& w, const char* op) {
+  switch (w.dtype()) {
+    case paddle::DataType::FLOAT32:
+      return pmx::WeightKind::kFloat32;
+    case paddle::DataType::BFLOAT16:
+      return pmx::WeightKind::kBFloat16;
+    case paddle::DataType::INT8:
+      return pmx::WeightKind::kInt8;
+    default:
+      PD_THROW("paddlemix_ops.", op, ": weights must be float32, bfloat16 or int8 on CPU");
+  }
+}
+
+// the instruction set of the bf16 / int8 products for this call: the portable AVX2 path, or AVX-512 (where the CPU
+// has it) when the environment variable PADDLEMIX_OPS_AVX512 is set to anything but "" or "0". AVX2 is the default:
+// on the 2-core AMD EPYC here both stream at the memory bandwidth and AVX-512 measured no faster (bf16 [4096, 14336]
+// at one row: 3.3-3.5 ms AVX2, 3.9-4.3 ms AVX-512); where the widening is compute-bound (many cores per memory
+// channel) AVX-512 may win
+inline void pmx_select_isa() {
+  const char* env = std::getenv("PADDLEMIX_OPS_AVX512");
+  pmx::linear_set_isa(env != nullptr && env[0] != '\0' && !(env[0] == '0' && env[1] == '\0'));
+}
+
+// the raw storage of a float32, bf16 (as uint16_t bits) or int8 weight
+inline const void* pmx_weight_data(const paddle::Tensor& w) {
+  switch (w.dtype()) {
+    case paddle::DataType::BFLOAT16:
+      return w.data<paddle::bfloat16>();
+    case paddle::DataType::INT8:
+      return w.data<int8_t>();
+    default:
+      return w.data<float>();
+  }
+}

@@ -55,7 +55,7 @@ PD_BUILD_OP(pmx_group_norm)
     .SetInferDtypeFn(PD_INFER_DTYPE(GroupNormDtype));
 
 PD_BUILD_OP(pmx_linear)
-    .Inputs({"X", "Weight"})
+    .Inputs({"X", "Weight", paddle::Optional("Scale")})
     .Outputs({"Out"})
     .SetKernelFn(PD_KERNEL(LinearForward))
     .SetInferShapeFn(PD_INFER_SHAPE(LinearShape))

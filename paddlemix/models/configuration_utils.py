@@ -89,6 +89,9 @@ class PretrainedConfig:
     model_type = ""
     # other model_type values that denote the same config (e.g. the transformers port's names)
     model_type_aliases = ()
+    # {"quant_type": "weight_only_int8"} for a checkpoint saved with quantized weights (models/quantization.py):
+    # read and written when present, as PaddleNLP's config does, not a field of the model's architecture
+    quantization_config = None
 
     def __init__(self, **kwargs):
         if kwargs:
@@ -115,8 +118,14 @@ class PretrainedConfig:
         if mt is not None and mt != cls.model_type and mt not in cls.model_type_aliases:
             raise ValueError(f"{source} has model_type '{mt}', but {cls.__name__} expects '{cls.model_type}'")
         fields = set(cls.field_names())
+        quantization_config = d.pop("quantization_config", None)
+        if quantization_config is not None and not isinstance(quantization_config, dict):
+            raise ValueError(f"{source}: quantization_config must be an object, got {quantization_config!r}")
         reject_unknown_fields(d, fields, META_KEYS, cls.__name__, source)
-        return cls(**{k: v for k, v in d.items() if k in fields})
+        config = cls(**{k: v for k, v in d.items() if k in fields})
+        if quantization_config is not None:
+            config.quantization_config = quantization_config
+        return config
 
     @classmethod
     def from_json_file(cls, path):
@@ -135,6 +144,8 @@ class PretrainedConfig:
     def to_dict(self):
         d = {k: copy.deepcopy(getattr(self, k)) for k in self.field_names()}
         d["model_type"] = self.model_type
+        if self.quantization_config is not None:
+            d["quantization_config"] = copy.deepcopy(self.quantization_config)
         return d
 
     def save_pretrained(self, save_dir):

@@ -10,6 +10,10 @@ Checkpoint keys are the original PyTorch ``state_dict()`` names; each model maps
   accepted and dropped (it only matters for training with momentum=None).
 * A tensor whose shape differs from the parameter only by size-1 axes (a Linear ``[out, in]`` loaded into a 1x1
   convolution ``[out, in, 1, 1]``) is reshaped.
+
+Low-memory storage (``quantization.py``): ``dtype="bfloat16"`` on CPU with the extension keeps a language model's
+weights in bf16 (compute in float32), ``quant_type="weight_only_int8"`` quantizes each Linear weight while reading it
+(``<name>.weight`` -> ``<name>.quant_weight`` + ``<name>.quant_scale``), both a block of rows at a time.
 """
 
 import copy
@@ -24,6 +28,7 @@ from paddle import nn
 from .. import distributed
 from . import tensor_parallel
 from .configuration_utils import CONFIG_NAME, PretrainedConfig, resolve_model_dir
+from .quantization import WeightOnlyInt8Linear, convert_for_runtime, quantize_rows, resolve_storage
 from .._cpu_tuning import returning_freed_memory
 from .safetensors_io import CheckpointError, SafetensorsFile, bf16_to_f32, f32_to_bf16, save_file
 
@@ -106,8 +111,9 @@ def _convert(arr, st_dtype, target):
     return arr.astype(target, copy=False)
 
 
-def _read_tensor(st, key, shape, target, transpose, part=None):
-    """The checkpoint tensor ``key`` as a contiguous numpy array of ``shape`` in ``target`` (bf16: uint16 bits).
+def _read_tensor(st, key, shape, target, transpose, part=None, out=None):
+    """The checkpoint tensor ``key`` as a contiguous numpy array of ``shape`` in ``target`` (bf16: uint16 bits),
+    written into ``out`` when given (e.g. a view of the parameter's own memory, see ``_param_buffer``).
 
     Converted (and, for Linear weights, transposed) in blocks of rows of about 64 MB, releasing each block's mapped
     file pages once copied: loading holds at most the result plus one block, never the whole tensor twice.
@@ -116,7 +122,8 @@ def _read_tensor(st, key, shape, target, transpose, part=None):
     """
     src = st.get(key)
     st_dtype = st.dtype(key)
-    out = np.empty(shape, dtype=np.uint16 if target == "bfloat16" else np.dtype(target))
+    if out is None:
+        out = np.empty(shape, dtype=np.uint16 if target == "bfloat16" else np.dtype(target))
     rows = src.reshape(src.shape[0], -1) if src.ndim > 1 else src.reshape(-1, 1)
     first, last, cols = 0, rows.shape[0], slice(None)
     if part is not None:
@@ -140,8 +147,38 @@ def _read_tensor(st, key, shape, target, transpose, part=None):
     return out
 
 
+def _param_buffer(shape, dtype):
+    """A new Paddle tensor of ``shape`` and ``dtype`` and a writable numpy view of its memory (bf16 as uint16 bits),
+    so a checkpoint tensor is read straight into the memory the parameter will use (``_share_buffer_to``) instead of
+    into numpy first and then copied: loading then holds each tensor once, not twice. None where the view is not
+    writable (the caller copies instead)."""
+    tensor = paddle.empty(shape, dtype=dtype)
+    view = np.from_dlpack(tensor.view(paddle.uint16) if dtype == "bfloat16" else tensor)
+    return (tensor, view) if view.flags.writeable and view.ctypes.data == tensor.data_ptr() else None
+
+
+def _read_quantized(st, key, shape):
+    """The Linear weight ``key`` ([out, in] in the checkpoint) quantized to int8 per output channel: (q int8 of
+    ``shape`` = [in, out], scale float32 [out]). Each block of about 64 MB of checkpoint rows (one output channel
+    each) is widened to float32, quantized and transposed into q: no float32 copy of the whole weight exists."""
+    src = st.get(key)
+    st_dtype = st.dtype(key)
+    rows = src.reshape(src.shape[0], -1)
+    q = np.empty(shape, dtype=np.int8)
+    scale = np.empty(rows.shape[0], dtype=np.float32)
+    row_bytes = max(1, rows.shape[1] * src.itemsize)
+    step = max(1, _CHUNK_BYTES // row_bytes)
+    for r0 in range(0, rows.shape[0], step):
+        q_block, scale[r0 : r0 + step] = quantize_rows(_convert(rows[r0 : r0 + step], st_dtype, "float32"))
+        q[:, r0 : r0 + step] = q_block.T
+        st.release(key, r0 * row_bytes, (r0 + step) * row_bytes)
+    return q, scale
+
+
 class PretrainedModel(nn.Layer):
     config_class = PretrainedConfig
+    # the model's linear layer class whose weights may be stored in bf16 or int8 (quantization.py); None: not supported
+    _quantizable_linear = None
     # tensor parallelism (``tensor_parallel.py``): the base model's attribute name and the head's plan; None: the
     # model cannot be split
     base_model_prefix = "model"
@@ -176,21 +213,26 @@ class PretrainedModel(nn.Layer):
         return name
 
     def _linear_weight_names(self):
-        return {
-            f"{prefix}.weight" if prefix else "weight"
-            for prefix, layer in self.named_sublayers(include_self=True)
-            if isinstance(layer, nn.Linear)
-        }
+        names = set()
+        for prefix, layer in self.named_sublayers(include_self=True):
+            dot = f"{prefix}." if prefix else ""
+            if isinstance(layer, nn.Linear):
+                names.add(f"{dot}weight")
+            elif isinstance(layer, WeightOnlyInt8Linear):
+                names.add(f"{dot}quant_weight")
+        return names
 
     # ---------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, path_or_repo_id, dtype=None, config=None, tensor_parallel_degree=None,
-                        tensor_parallel_rank=None, **config_overrides):
+                        tensor_parallel_rank=None, quant_type=None, **config_overrides):
         """Load a checkpoint folder (or hub id).
 
         tensor_parallel_degree / tensor_parallel_rank (models with a tensor-parallel plan): split the model over
         the launched processes (defaults: PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID, i.e. 1 / 0 outside a launch);
         the process group is started here unless the caller already did, and each rank reads only its slices.
+        quant_type: None, or "weight_only_int8" (models with ``_quantizable_linear``, not tensor parallel): see
+        quantization.py, as is the bf16 weight storage that ``dtype="bfloat16"`` gives on CPU with the extension.
         """
         degree, rank = 1, 0
         if cls._tp_plan is not None:
@@ -207,7 +249,10 @@ class PretrainedModel(nn.Layer):
         if degree > 1:
             config = copy.deepcopy(config)  # the loaded model's config records its degree and rank
             tensor_parallel.check_degree(config, degree)
-        target = resolve_dtype(dtype)
+        storage = resolve_storage(cls, dtype, quant_type, config) if degree == 1 else None
+        if degree > 1 and (quant_type is not None or config.quantization_config is not None):
+            raise ValueError("quantized weights (quant_type) cannot be split by tensor parallelism here")
+        target = "float32" if storage is not None and not on_gpu() else resolve_dtype(dtype)
         files = checkpoint_files(folder)
         old = paddle.get_default_dtype()
         paddle.set_default_dtype(target)
@@ -215,6 +260,8 @@ class PretrainedModel(nn.Layer):
         try:
             with paddle.LazyGuard():
                 model = cls(config)
+                if storage is not None:
+                    convert_for_runtime(model, storage)
                 if degree > 1:
                     slices = tensor_parallel.apply_tensor_parallel(model, degree, rank)
         finally:
@@ -222,7 +269,7 @@ class PretrainedModel(nn.Layer):
         with returning_freed_memory():
             model._load_checkpoint(files, target, slices)
         model.eval()
-        logger.info("loaded %s from %s (%s%s)", cls.__name__, folder, target,
+        logger.info("loaded %s from %s (%s, weights %s%s)", cls.__name__, folder, target, storage or target,
                     f", tensor parallel rank {rank} of {degree}" if degree > 1 else "")
         return model
 
@@ -231,6 +278,14 @@ class PretrainedModel(nn.Layer):
         slices = slices or {}
         state = self.state_dict()
         linear = self._linear_weight_names()
+        # a float checkpoint into int8 layers: <name>.weight is read into <name>.quant_weight and <name>.quant_scale
+        # (it stands in the state under its own name while the plan is made)
+        quantize = set()
+        for name in [n for n in linear if n.endswith(".quant_weight")]:
+            prefix = name[: -len("quant_weight")]
+            quantize.add(prefix + "weight")
+            state[prefix + "weight"] = state[name]
+            linear.add(prefix + "weight")
         plan = []  # (file, key, name)
         unexpected, mismatched, seen = [], [], {}
         opened = {path: SafetensorsFile(path) for path in files}
@@ -264,7 +319,20 @@ class PretrainedModel(nn.Layer):
                     if shape != expect and [s for s in shape if s != 1] != [s for s in expect if s != 1]:
                         mismatched.append(f"{key} ({fname}): checkpoint {shape}, model expects {expect}")
                         continue
+                    if name.endswith(".quant_weight") and st.dtype(key) != "I8":
+                        mismatched.append(f"{key} ({fname}): a quant_weight must be int8, got {st.dtype(key)}")
+                        continue
+                    if name in quantize:  # quant_weight and quant_scale come from this key
+                        prefix = name[: -len("weight")]
+                        for part in ("quant_weight", "quant_scale"):
+                            if prefix + part in seen:
+                                raise CheckpointError(f"{key} ({fname}) and {seen[prefix + part]} both load into "
+                                                      f"'{prefix + part}'")
+                            seen[prefix + part] = seen[name]
                     plan.append((st, key, name, name in linear, slices.get(name)))
+            for name in quantize:  # the stand-ins above
+                state.pop(name)
+                seen.pop(name, None)
             missing = sorted(set(state) - set(seen))
             if missing or unexpected or mismatched:
                 parts = []
@@ -277,14 +345,23 @@ class PretrainedModel(nn.Layer):
                     f"({', '.join(os.path.basename(p) for p in files)}):\n" + "\n".join(parts)
                 )
             for st, key, name, is_linear, part in plan:
+                if name in quantize:
+                    prefix = name[: -len("weight")]
+                    q, scale = _read_quantized(st, key, list(state[prefix + "quant_weight"].shape))
+                    state[prefix + "quant_weight"].set_value(q)
+                    state[prefix + "quant_scale"].set_value(scale)
+                    del q
+                    continue
                 param = state[name]
                 want = str(param.dtype).replace("paddle.", "")
-                arr = _read_tensor(st, key, list(param.shape), want, is_linear, part and part[:3])
-                if want == "bfloat16":
-                    param.set_value(paddle.to_tensor(arr).view(paddle.bfloat16))
+                buffer = _param_buffer(list(param.shape), want) if param.size > 0 else None
+                arr = _read_tensor(st, key, list(param.shape), want, is_linear, part and part[:3],
+                                   None if buffer is None else buffer[1])
+                if buffer is not None:
+                    buffer[0]._share_buffer_to(param)
                 else:
-                    param.set_value(arr)  # one copy, straight from numpy into the parameter
-                del arr
+                    param.set_value(arr)  # one copy, straight from numpy (bf16: uint16 bits) into the parameter
+                del arr, buffer
         finally:
             for st in opened.values():
                 st.close()

@@ -191,32 +191,39 @@ LINEAR_MAX_ROWS = 16
 LINEAR_MIN_WEIGHTS = 1 << 19
 
 
-def linear(x, weight):
-    """x [..., K] @ weight [K, N] (Paddle's [in, out] layout, as ``nn.Linear.weight``), no bias.
+def linear(x, weight, scale=None):
+    """x [..., K] @ weight [K, N] (Paddle's [in, out] layout, as ``nn.Linear.weight``), no bias; with ``scale`` [N]
+    float32, weight is int8 (weight-only quantization): ``(x @ weight) * scale``. A float32 x may also take a bf16
+    weight (bf16 storage on CPU); the weight is then widened to float32 as it is read.
 
-    On CPU float32, with at most ``LINEAR_MAX_ROWS`` rows (a decode step) and a weight of at least
-    ``LINEAR_MIN_WEIGHTS`` elements, the extension streams the weight once across the threads; everything else (and
-    the fallback) is ``paddle.matmul``. It runs for every projection of every decode step, so the checks are the
+    On CPU float32, with at most ``LINEAR_MAX_ROWS`` rows (a decode step) and a float32 weight of at least
+    ``LINEAR_MIN_WEIGHTS`` elements, or a bf16 / int8 weight of any size, the extension streams the weight once across
+    the threads; everything else (and the fallback) is ``fallback.linear`` (``paddle.matmul``, over blocks of widened
+    columns for a bf16 or int8 weight). It runs for every projection of every decode step, so the checks are the
     cheap ones (dtype identity, not ``==``)."""
     shape, w_shape = x.shape, weight.shape
     if not shape or len(w_shape) != 2 or shape[-1] != w_shape[0]:
         raise ValueError(f"linear: x [..., K] and weight [K, N] must share K, got {shape} and {w_shape}")
+    if (scale is not None) != (weight.dtype is paddle.int8) or (scale is not None and scale.shape != [w_shape[1]]):
+        raise ValueError(f"linear: an int8 weight needs a scale [N] = [{w_shape[1]}] and other weights none, got "
+                         f"a {weight.dtype} weight and scale {None if scale is None else scale.shape}")
     rows = 1
     for size in shape[:-1]:
         rows *= size
+    stored = weight.dtype is paddle.bfloat16 or weight.dtype is paddle.int8
     use = (
         rows <= LINEAR_MAX_ROWS
-        and w_shape[0] * w_shape[1] >= LINEAR_MIN_WEIGHTS
+        and (stored or (weight.dtype is paddle.float32 and w_shape[0] * w_shape[1] >= LINEAR_MIN_WEIGHTS))
         and extension() is not None
         and "linear" in CPU_EXT_OPS
         and x.dtype is paddle.float32
-        and weight.dtype is paddle.float32
         and x.place.is_cpu_place()
+        and (scale is None or scale.dtype is paddle.float32)
         and (not paddle.is_grad_enabled() or (x.stop_gradient and weight.stop_gradient))
     )
     if not use:
-        return fallback.linear(x, weight)
-    return _EXT.pmx_linear(x if x.is_contiguous() else x.contiguous(), weight)
+        return fallback.linear(x, weight) if scale is None else fallback.linear(x, weight, scale)
+    return _EXT.pmx_linear(x if x.is_contiguous() else x.contiguous(), weight, scale)
 
 
 def decoder_step_available(x):
@@ -238,7 +245,8 @@ def decoder_step(x, weights, keys, values, slot, position_ids, inv_freq, mask, e
     where ``decoder_step_available(x)``.
 
     x [B, 1, hidden]; weights: 9 per layer, layer after layer: input_layernorm, q/k/v/o_proj,
-    post_attention_layernorm, gate/up/down_proj weights (projections [in, out]); keys, values: one
+    post_attention_layernorm, gate/up/down_proj weights (projections [in, out], all float32 or all bf16, or all int8
+    and then followed by the layer's 7 projection scales [out] in the same order: 16 per layer); keys, values: one
     [B, kv_heads, capacity, head_dim] tensor per layer: each layer's new key and value are written at ``slot`` in
     place and its attention reads slots 0 .. slot; position_ids [B, 1] int64; inv_freq [head_dim / 2]; mask: additive
     float32 [B, 1 or kv_heads, 1 or heads / kv_heads, capacity]. Returns the last layer's output [B, 1, hidden].

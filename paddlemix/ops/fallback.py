@@ -78,9 +78,26 @@ def masked_softmax_(scores, mask, scale):
     return F.softmax_(scores, axis=-1)
 
 
-def linear(x, weight):
-    """x [..., K] @ weight [K, N] (Paddle's [in, out] layout), no bias, as ``F.linear``."""
-    return paddle.matmul(x, weight)
+# elements of a stored (bf16 or int8) weight widened to x's dtype at a time by ``linear``: 4M (16 MB of float32)
+WIDEN_BLOCK = 1 << 22
+
+
+def linear(x, weight, scale=None):
+    """x [..., K] @ weight [K, N] (Paddle's [in, out] layout), no bias, as ``F.linear``.
+
+    A weight stored in another dtype than x (bf16 on CPU) or in int8 with ``scale`` [N] (weight-only quantization:
+    ``y = (x @ weight) * scale``, one scale per output column) is widened to x's dtype a block of about
+    ``WIDEN_BLOCK`` elements of whole columns at a time, each block multiplied by Paddle's matmul (MKL's GEMM on CPU)
+    into its columns of y: no widened copy of the whole weight ever exists."""
+    if scale is None and weight.dtype == x.dtype:
+        return paddle.matmul(x, weight)
+    k, n = weight.shape
+    step = max(1, WIDEN_BLOCK // k)
+    blocks = []
+    for c0 in range(0, n, step):
+        y = paddle.matmul(x, weight[:, c0 : c0 + step].astype(x.dtype))
+        blocks.append(y if scale is None else y * scale[c0 : c0 + step].astype(x.dtype))
+    return blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=-1)
 
 
 def vq_nearest(latents, codebook):

@@ -8,7 +8,9 @@
 // (kernels/linear_cpu.h), the partial outputs are added over column shares together with the element-wise work that
 // follows (residual adds, silu * up), and the team meets at a barrier only where the next step needs every column of
 // the one before. The workspace is the calling thread's and is reused across calls. The attention reads the slots
-// 0 .. slot only (later slots belong to later tokens, so the mask need not hide them). No Paddle types.
+// 0 .. slot only (later slots belong to later tokens, so the mask need not hide them). The projections may be stored
+// as float32, bf16 or int8 with per-output-column scales (see linear_cpu.h): widened in registers, accumulated in
+// float32, the scales applied where the partial outputs are added. No Paddle types.
 #pragma once
 
 #include <algorithm>
@@ -31,12 +33,18 @@
 
 namespace pmx {
 
+// how the 7 projections of a layer are stored (the norm scales are always float32)
+enum class WeightKind { kFloat32, kBFloat16, kInt8 };
+
 struct DecoderStepArgs {
+  WeightKind kind;
   int64_t batch, hidden, heads, kv_heads, head_dim, inter, capacity, slot;
   // element strides of the additive mask [B, 1 or kv_heads, 1 or group, capacity] (0 for a broadcast axis)
   int64_t mask_batch_stride, mask_kv_stride, mask_group_stride;
   float eps;
-  const float *ln1, *wq, *wk, *wv, *wo, *ln2, *wg, *wu, *wd;  // weights in Paddle's [in, out] layout
+  const float *ln1, *ln2;                                     // norm scales [hidden]
+  const void *wq, *wk, *wv, *wo, *wg, *wu, *wd;               // projections in Paddle's [in, out] layout, of `kind`
+  const float *sq, *sk, *sv, *so, *sg, *su, *sd;              // int8: each projection's column scales, else null
   const float* x;                                             // [B, hidden]
   const int64_t* pos;                                         // [B] position of each row's new token
   const float* inv_freq;                                      // [head_dim / 2]
@@ -162,7 +170,11 @@ static inline void step_attention(const float* q, const float* kc, const float* 
   step_weighted_sum(scores, vc, group, len, dim, out);
 }
 
-static inline void decoder_step_cpu(const DecoderStepArgs& a) {
+template <typename W>
+static inline void decoder_step_typed(const DecoderStepArgs& a) {
+  const W *wq = static_cast<const W*>(a.wq), *wk = static_cast<const W*>(a.wk), *wv = static_cast<const W*>(a.wv),
+          *wo = static_cast<const W*>(a.wo), *wg = static_cast<const W*>(a.wg), *wu = static_cast<const W*>(a.wu),
+          *wd = static_cast<const W*>(a.wd);
   const int64_t B = a.batch, H = a.hidden, D = a.head_dim, I = a.inter;
   const int64_t nq = a.heads * D, nkv = a.kv_heads * D, group = a.heads / a.kv_heads, len = a.slot + 1;
   const int threads = linear_threads(H * (nq + 2 * nkv) + nq * H + 3 * H * I);
@@ -192,13 +204,13 @@ static inline void decoder_step_cpu(const DecoderStepArgs& a) {
 #pragma omp single
     rms_norm_cpu(a.x, a.ln1, xn, B, H, a.eps);
 
-    linear_rows_part(xn, a.wq, part, B, H, nq, t, nt);
-    linear_rows_part(xn, a.wk, part + B * nq, B, H, nkv, t, nt);
-    linear_rows_part(xn, a.wv, part + B * (nq + nkv), B, H, nkv, t, nt);
+    linear_rows_part(xn, wq, part, B, H, nq, t, nt);
+    linear_rows_part(xn, wk, part + B * nq, B, H, nkv, t, nt);
+    linear_rows_part(xn, wv, part + B * (nq + nkv), B, H, nkv, t, nt);
 #pragma omp barrier
-    linear_reduce_parts(parts, part_stride, nt, B, nq, t, nullptr, q);
-    linear_reduce_parts(parts + B * nq, part_stride, nt, B, nkv, t, nullptr, k);
-    linear_reduce_parts(parts + B * (nq + nkv), part_stride, nt, B, nkv, t, nullptr, v);
+    linear_reduce_parts(parts, part_stride, nt, B, nq, t, nullptr, q, a.sq);
+    linear_reduce_parts(parts + B * nq, part_stride, nt, B, nkv, t, nullptr, k, a.sk);
+    linear_reduce_parts(parts + B * (nq + nkv), part_stride, nt, B, nkv, t, nullptr, v, a.sv);
 #pragma omp barrier
 
 #pragma omp single
@@ -232,16 +244,16 @@ static inline void decoder_step_cpu(const DecoderStepArgs& a) {
       }
     }
 
-    linear_rows_part(attn, a.wo, part, B, nq, H, t, nt);
+    linear_rows_part(attn, wo, part, B, nq, H, t, nt);
 #pragma omp barrier
-    linear_reduce_parts(parts, part_stride, nt, B, H, t, a.x, h);
+    linear_reduce_parts(parts, part_stride, nt, B, H, t, a.x, h, a.so);
 #pragma omp barrier
 
 #pragma omp single
     rms_norm_cpu(h, a.ln2, hn, B, H, a.eps);
 
-    linear_rows_part(hn, a.wg, part, B, H, I, t, nt);
-    linear_rows_part(hn, a.wu, part + B * I, B, H, I, t, nt);
+    linear_rows_part(hn, wg, part, B, H, I, t, nt);
+    linear_rows_part(hn, wu, part + B * I, B, H, I, t, nt);
 #pragma omp barrier
     {  // act = silu(gate) * up over this thread's columns, summing the threads' parts of both
       int64_t c0, c1;
@@ -253,15 +265,27 @@ static inline void decoder_step_cpu(const DecoderStepArgs& a) {
             g += parts[i * part_stride + b * I + c];
             u += parts[i * part_stride + (B + b) * I + c];
           }
+          if (a.sg != nullptr) {
+            g *= a.sg[c];
+            u *= a.su[c];
+          }
           act[b * I + c] = g / (1.0f + fast_expf(-g)) * u;
         }
       }
     }
 #pragma omp barrier
 
-    linear_rows_part(act, a.wd, part, B, I, H, t, nt);
+    linear_rows_part(act, wd, part, B, I, H, t, nt);
 #pragma omp barrier
-    linear_reduce_parts(parts, part_stride, nt, B, H, t, h, a.y);
+    linear_reduce_parts(parts, part_stride, nt, B, H, t, h, a.y, a.sd);
+  }
+}
+
+static inline void decoder_step_cpu(const DecoderStepArgs& a) {
+  switch (a.kind) {
+    case WeightKind::kBFloat16: decoder_step_typed<uint16_t>(a); break;
+    case WeightKind::kInt8: decoder_step_typed<int8_t>(a); break;
+    default: decoder_step_typed<float>(a); break;
   }
 }
 

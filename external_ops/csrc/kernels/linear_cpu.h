@@ -5,11 +5,16 @@
 // its own partial output [M, N] that stays in cache, with the x values broadcast from registers; then the threads add
 // the partial outputs, each over its share of the columns. On a 2-core AMD EPYC this streams 31 GB/s where splitting
 // the columns between the threads (interleaved strided streams) gave 25 GB/s. No Paddle types.
+// The weight may be stored as float32, bf16 (uint16_t bits) or int8 (weight-only quantization with one float32 scale
+// per output column): the kernels are templates on the stored type, widen each weight to float32 in registers as
+// they read it and accumulate in float32; an int8 product's column scales are applied once, when the threads'
+// partial outputs are added (y[:, c] = (x @ q)[:, c] * scale[c]), so fewer bytes stream for the same arithmetic.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -20,17 +25,109 @@
 #include <omp.h>
 #endif
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PMX_AVX512_TARGET 1  // the 16-wide path of bf16 / int8 weights is compiled for AVX-512 whatever -march says
+#endif
+
 namespace pmx {
+
+#ifdef PMX_AVX512_TARGET
+// whether the bf16 / int8 products take the AVX-512 path: asked for (PADDLEMIX_OPS_AVX512, see op_common.h) and
+// the CPU has AVX-512 F + BW (checked at run time); refreshed by the bindings at every call (linear_set_isa), so a
+// test can switch paths with the environment variable
+inline bool& linear_avx512_enabled() {
+  static bool enabled = false;
+  return enabled;
+}
+static inline void linear_set_isa(bool want_avx512) {
+  linear_avx512_enabled() = want_avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+}
+#else
+static inline void linear_set_isa(bool) {}
+#endif
 
 // columns of one panel: 4 weight rows x 4 KB streamed together, the panel's outputs (M x 4 KB) stay in L1 / L2
 constexpr int64_t kLinearPanel = 1024;
 // weights (K * N) below which one thread does the whole product (the threads' start-up would cost more)
 constexpr int64_t kLinearParallelMinWeights = int64_t(1) << 16;
 
+// one stored weight widened to float32 (bf16 is the high half of a float32; int8 the quantized value, unscaled)
+static inline float widen(float w) { return w; }
+static inline float widen(uint16_t w) { return __builtin_bit_cast(float, static_cast<uint32_t>(w) << 16); }
+static inline float widen(int8_t w) { return static_cast<float>(w); }
+
 #if defined(__AVX2__) && defined(__FMA__)
+// eight consecutive stored weights widened to float32
+static inline __m256 widen8(const float* p) { return _mm256_loadu_ps(p); }
+static inline __m256 widen8(const uint16_t* p) {
+  const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+}
+static inline __m256 widen8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+#ifdef PMX_AVX512_TARGET
+// sixteen consecutive weights widened to float32 (float32 weights: the float32 path stays the AVX2 one, measured
+// at the memory bandwidth; this overload only completes the set)
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 widen16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 widen16(const uint16_t* p) {
+  const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+}
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 widen16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+// linear_panel's groups of four weight rows (same row order, same arithmetic per output: one fused multiply-add per
+// weight, in row order) with 16-wide vectors, for bf16 / int8 weights: their widening (a convert per 8 weights with
+// AVX2) is what limits the stream. Columns past the last whole vector one by one.
+template <typename W>
+__attribute__((target("avx512f,avx512bw"))) static void linear_groups_avx512(
+    const float* x, int64_t ldx, const W* w, float* y, int64_t m, int64_t n, int64_t c0, int64_t c1, int64_t groups,
+    int64_t rs, int64_t gstep) {
+  const int64_t cv = c0 + ((c1 - c0) / 16) * 16;
+  constexpr int64_t line = 64 / sizeof(W);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t row = g * gstep;
+    const W* w0 = w + row * n;
+    const W* w1 = w0 + rs * n;
+    const W* w2 = w1 + rs * n;
+    const W* w3 = w2 + rs * n;
+    const bool prefetch = g + 2 <= groups;
+    const int64_t next = gstep * n;
+    for (int64_t c = c0; c < cv; c += 16) {
+      if ((c & (line - 1)) == 0 && prefetch)
+        for (int i = 0; i < 4; ++i)
+          _mm_prefetch(reinterpret_cast<const char*>(w0 + next + c + i * rs * n), _MM_HINT_T0);
+      const __m512 v0 = widen16(w0 + c), v1 = widen16(w1 + c), v2 = widen16(w2 + c), v3 = widen16(w3 + c);
+      for (int64_t r = 0; r < m; ++r) {
+        const float* xr = x + r * ldx + row;
+        float* yr = y + r * n + c;
+        __m512 s = _mm512_loadu_ps(yr);
+        s = _mm512_fmadd_ps(_mm512_set1_ps(xr[0]), v0, s);
+        s = _mm512_fmadd_ps(_mm512_set1_ps(xr[rs]), v1, s);
+        s = _mm512_fmadd_ps(_mm512_set1_ps(xr[2 * rs]), v2, s);
+        s = _mm512_fmadd_ps(_mm512_set1_ps(xr[3 * rs]), v3, s);
+        _mm512_storeu_ps(yr, s);
+      }
+    }
+    for (int64_t r = 0; r < m; ++r) {
+      const float* xr = x + r * ldx + row;
+      float* yr = y + r * n;
+      for (int64_t c = cv; c < c1; ++c)
+        yr[c] += xr[0] * widen(w0[c]) + xr[rs] * widen(w1[c]) + xr[2 * rs] * widen(w2[c]) +
+                 xr[3 * rs] * widen(w3[c]);
+    }
+  }
+}
+#endif
+
 // the cache line at p + i * stride for i < 4 (the next group's four weight rows): the hardware prefetcher follows each
 // row segment but not the jump to the next group of rows (measured 15-25% faster at one row on a 2-core AMD EPYC)
-static inline void pmx_linear_prefetch(const float* p, int64_t stride) {
+template <typename W>
+static inline void pmx_linear_prefetch(const W* p, int64_t stride) {
   for (int i = 0; i < 4; ++i) _mm_prefetch(reinterpret_cast<const char*>(p + i * stride), _MM_HINT_T0);
 }
 #endif
@@ -40,18 +137,26 @@ static inline void pmx_linear_prefetch(const float* p, int64_t stride) {
 // (rows g, g+q, g+2q, g+3q for q = k / 4): four streams far apart in memory, which the hardware prefetchers fetch in
 // parallel where one contiguous stream of whole short rows is not (measured on a 2-core AMD EPYC: a decode step's
 // layer products at 24 -> 31 GB/s); rows beyond the last whole group are added one by one.
-static inline void linear_panel(const float* x, int64_t ldx, const float* w, float* y, int64_t m, int64_t k, int64_t n,
+template <typename W>
+static inline void linear_panel(const float* x, int64_t ldx, const W* w, float* y, int64_t m, int64_t k, int64_t n,
                                 int64_t c0, int64_t c1, bool spread = false) {
   const int64_t groups = k / 4, rs = spread ? groups : 1, gstep = spread ? 1 : 4;  // member j of group g: g*gstep + j*rs
   int64_t kk = 0;  // first row not done in groups
+#ifdef PMX_AVX512_TARGET
+  if (!std::is_same<W, float>::value && linear_avx512_enabled()) {
+    linear_groups_avx512(x, ldx, w, y, m, n, c0, c1, groups, rs, gstep);
+    kk = 4 * groups;
+  }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
   const int64_t cv = c0 + ((c1 - c0) / 8) * 8;  // columns done with 8-wide vectors
-  for (int64_t g = 0; g < groups; ++g) {
+  constexpr int64_t line = 64 / sizeof(W);        // weights per cache line: one prefetch each
+  for (int64_t g = kk / 4; g < groups; ++g) {
     const int64_t row = g * gstep;
-    const float* w0 = w + row * n;
-    const float* w1 = w0 + rs * n;
-    const float* w2 = w1 + rs * n;
-    const float* w3 = w2 + rs * n;
+    const W* w0 = w + row * n;
+    const W* w1 = w0 + rs * n;
+    const W* w2 = w1 + rs * n;
+    const W* w3 = w2 + rs * n;
     const bool prefetch = g + 2 <= groups;
     const int64_t next = gstep * n;  // from a row of this group to the same member of the next group
     for (int64_t r = 0; r < m; r += 2) {  // two output rows per pass over the four weight rows (in L1 after the first)
@@ -66,9 +171,8 @@ static inline void linear_panel(const float* x, int64_t ldx, const float* w, flo
         float* ya = y0;
         float* yb = y0 + n;
         for (int64_t c = c0; c < cv; c += 8) {
-          if ((c & 15) == 0 && prefetch) pmx_linear_prefetch(w0 + next + c, rs * n);
-          const __m256 v0 = _mm256_loadu_ps(w0 + c), v1 = _mm256_loadu_ps(w1 + c), v2 = _mm256_loadu_ps(w2 + c),
-                       v3 = _mm256_loadu_ps(w3 + c);
+          if ((c & (line - 1)) == 0 && prefetch) pmx_linear_prefetch(w0 + next + c, rs * n);
+          const __m256 v0 = widen8(w0 + c), v1 = widen8(w1 + c), v2 = widen8(w2 + c), v3 = widen8(w3 + c);
           __m256 s = _mm256_loadu_ps(ya + c);
           s = _mm256_fmadd_ps(a0, v0, s);
           s = _mm256_fmadd_ps(a1, v1, s);
@@ -86,12 +190,12 @@ static inline void linear_panel(const float* x, int64_t ldx, const float* w, flo
         const __m256 a0 = _mm256_set1_ps(xa[0]), a1 = _mm256_set1_ps(xa[rs]), a2 = _mm256_set1_ps(xa[2 * rs]),
                      a3 = _mm256_set1_ps(xa[3 * rs]);
         for (int64_t c = c0; c < cv; c += 8) {
-          if ((c & 15) == 0 && prefetch) pmx_linear_prefetch(w0 + next + c, rs * n);
+          if ((c & (line - 1)) == 0 && prefetch) pmx_linear_prefetch(w0 + next + c, rs * n);
           __m256 s = _mm256_loadu_ps(y0 + c);
-          s = _mm256_fmadd_ps(a0, _mm256_loadu_ps(w0 + c), s);
-          s = _mm256_fmadd_ps(a1, _mm256_loadu_ps(w1 + c), s);
-          s = _mm256_fmadd_ps(a2, _mm256_loadu_ps(w2 + c), s);
-          s = _mm256_fmadd_ps(a3, _mm256_loadu_ps(w3 + c), s);
+          s = _mm256_fmadd_ps(a0, widen8(w0 + c), s);
+          s = _mm256_fmadd_ps(a1, widen8(w1 + c), s);
+          s = _mm256_fmadd_ps(a2, widen8(w2 + c), s);
+          s = _mm256_fmadd_ps(a3, widen8(w3 + c), s);
           _mm256_storeu_ps(y0 + c, s);
         }
       }
@@ -100,18 +204,19 @@ static inline void linear_panel(const float* x, int64_t ldx, const float* w, flo
       const float* xr = x + r * ldx + row;
       float* yr = y + r * n;
       for (int64_t c = cv; c < c1; ++c)
-        yr[c] += xr[0] * w0[c] + xr[rs] * w1[c] + xr[2 * rs] * w2[c] + xr[3 * rs] * w3[c];
+        yr[c] += xr[0] * widen(w0[c]) + xr[rs] * widen(w1[c]) + xr[2 * rs] * widen(w2[c]) +
+                 xr[3 * rs] * widen(w3[c]);
     }
   }
   kk = 4 * groups;
 #endif
   for (; kk < k; ++kk) {  // remaining weight rows (all of them without AVX2)
-    const float* wk = w + kk * n;
+    const W* wk = w + kk * n;
     for (int64_t r = 0; r < m; ++r) {
       const float xv = x[r * ldx + kk];
       float* yr = y + r * n;
 #pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) yr[c] += xv * wk[c];
+      for (int64_t c = c0; c < c1; ++c) yr[c] += xv * widen(wk[c]);
     }
   }
 }
@@ -124,7 +229,8 @@ static inline void linear_share(int64_t n, int64_t align, int t, int nt, int64_t
 }
 
 // part [m, n] = x[:, k0:k1] @ w[k0:k1, :] over thread t's block k0..k1 of the k weight rows (x [m, k], w [k, n])
-static inline void linear_rows_part(const float* x, const float* w, float* part, int64_t m, int64_t k, int64_t n,
+template <typename W>
+static inline void linear_rows_part(const float* x, const W* w, float* part, int64_t m, int64_t k, int64_t n,
                                     int t, int nt) {
   int64_t k0, k1;
   linear_share(k, 4, t, nt, &k0, &k1);
@@ -137,16 +243,17 @@ static inline void linear_rows_part(const float* x, const float* w, float* part,
     linear_panel(x + k0, k, w + k0 * n, part, m, k1 - k0, n, p0, std::min(n, p0 + panel), whole_rows);
 }
 
-// out [m, n] = the sum of the nt partial outputs (part i at parts + i * part_stride), plus add [m, n] when given,
-// over thread t's share of the columns
+// out [m, n] = the sum of the nt partial outputs (part i at parts + i * part_stride), times scale [n] (an int8
+// weight's column scales) when given, plus add [m, n] when given, over thread t's share of the columns
 static inline void linear_reduce_parts(const float* parts, int64_t part_stride, int nt, int64_t m, int64_t n, int t,
-                                       const float* add, float* out) {
+                                       const float* add, float* out, const float* scale = nullptr) {
   int64_t c0, c1;
   linear_share(n, 16, t, nt, &c0, &c1);
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t c = c0; c < c1; ++c) {
       float s = parts[r * n + c];
       for (int i = 1; i < nt; ++i) s += parts[i * part_stride + r * n + c];
+      if (scale != nullptr) s *= scale[c];
       out[r * n + c] = add != nullptr ? add[r * n + c] + s : s;
     }
   }
@@ -160,12 +267,18 @@ static inline int linear_threads(int64_t weights) {
   return 1;
 }
 
-// y [m, n] = x [m, k] @ w [k, n], all row-major and contiguous; meant for small m (the arithmetic per weight read
-// from memory grows with m, the cache traffic of the partial outputs too)
-static inline void linear_small_m_cpu(const float* x, const float* w, float* y, int64_t m, int64_t k, int64_t n) {
+// y [m, n] = (x [m, k] @ w [k, n]) * scale [n] (scale: int8 weights only, else nullptr), all row-major and
+// contiguous; meant for small m (the arithmetic per weight read from memory grows with m, the cache traffic of the
+// partial outputs too)
+template <typename W>
+static inline void linear_small_m_cpu(const float* x, const W* w, const float* scale, float* y, int64_t m, int64_t k,
+                                      int64_t n) {
   const int threads = linear_threads(k * n);
   if (threads == 1) {
     linear_rows_part(x, w, y, m, k, n, 0, 1);
+    if (scale != nullptr)
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t c = 0; c < n; ++c) y[r * n + c] *= scale[c];
     return;
   }
   thread_local std::vector<float> workspace;  // the calling thread's: the team gets its data pointer
@@ -180,7 +293,7 @@ static inline void linear_small_m_cpu(const float* x, const float* w, float* y, 
 #endif
     linear_rows_part(x, w, parts + t * m * n, m, k, n, t, nt);
 #pragma omp barrier
-    linear_reduce_parts(parts, m * n, nt, m, n, t, nullptr, y);
+    linear_reduce_parts(parts, m * n, nt, m, n, t, nullptr, y, scale);
   }
 }
 

@@ -31,12 +31,8 @@ import sys
 
 from paddlemix import set_cpu_threads
 from paddlemix.distributed import PARALLEL_HELP, Launch, read_prompts_file, request_seed
-from paddlemix.models.emu3.hf_layout import resolve_model_paths
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
-from paddlemix.models.emu3.image_processing_emu3visionvq import Emu3VisionVQImageProcessor
-from paddlemix.models.emu3.modeling_emu3visionvq import Emu3VisionVQModel
 from paddlemix.models.emu3.processing_emu3 import Emu3Processor
-from paddlemix.models.emu3.tokenization_emu3 import Emu3Tokenizer
 
 POSITIVE_PROMPT = " masterpiece, film grained, best quality."
 NEGATIVE_PROMPT = (
@@ -78,6 +74,8 @@ def parse_args(argv=None):
                         help="LM compute dtype (auto: bfloat16 on a GPU, float32 on CPU, where bf16/fp16 cannot run)")
     parser.add_argument("--vq_dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="vision tokenizer dtype (float32 as the original; bf16 changes the decoded pixels)")
+    parser.add_argument("--quant_type", default=None, choices=["weight_only_int8"],
+                        help="int8 LM weights, one scale per output channel (CPU and GPU)")
     parser.add_argument("--output_dir", default="outputs", help="where the PNGs go")
     parser.add_argument("--threads", type=int,
                         help="CPU threads (default: every CPU, shared among the processes of a launch)")
@@ -130,13 +128,10 @@ def main(argv=None):
     args = parse_args(argv)
     launch = Launch(args.parallel)
     set_cpu_threads(args.threads)
-    vq_model_path, tokenizer_path = resolve_model_paths(args.model_path, args.vq_model_path, args.tokenizer_path)
-    tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
-    image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
-    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.vq_dtype)
-    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype,
+    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype, quant_type=args.quant_type,
                                             tensor_parallel_degree=launch.tensor_parallel_degree)
-    processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
+    processor = Emu3Processor.from_pretrained(args.model_path, args.vq_model_path, args.tokenizer_path,
+                                             image_area=model.config.image_area, dtype=args.vq_dtype)
 
     suffix = "" if args.no_positive_prompt else args.positive_prompt
     mine = launch.mine(len(args.prompt))  # this process's prompts (data parallel), else all

@@ -35,16 +35,8 @@ from PIL import Image, UnidentifiedImageError
 
 from paddlemix import set_cpu_threads
 from paddlemix.distributed import PARALLEL_HELP, Launch, is_main, request_seed
-from paddlemix.models.emu3 import (
-    ChatSession,
-    Emu3Processor,
-    Emu3Tokenizer,
-    Emu3VisionVQImageProcessor,
-    Emu3VisionVQModel,
-    TextStreamer,
-)
+from paddlemix.models.emu3 import ChatSession, Emu3Processor, TextStreamer
 from paddlemix.models.emu3.chat_template import DEFAULT_SYSTEM_PROMPT, IMAGE_PLACEHOLDER
-from paddlemix.models.emu3.hf_layout import resolve_model_paths
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 from paddlemix.models.emu3.processing_emu3 import STAGE1_CHAT_TEMPLATE
 
@@ -128,6 +120,8 @@ def parse_args(argv=None):
         "--vq_dtype", default="float32", choices=["float32", "bfloat16", "float16"],
         help="vision tokenizer dtype (float32 as the original; bf16 changes the image codes)",
     )
+    parser.add_argument("--quant_type", default=None, choices=["weight_only_int8"],
+                        help="int8 LM weights, one scale per output channel (CPU and GPU)")
     parser.add_argument("--threads", type=int,
                         help="CPU threads (default: every CPU, shared among the processes of a launch)")
     parser.add_argument("--parallel", choices=["tensor", "data"], help=PARALLEL_HELP)
@@ -167,13 +161,10 @@ def main(argv=None):
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # answers of untrained or cut-short models may hold U+FFFD
 
-    vq_model_path, tokenizer_path = resolve_model_paths(args.model_path, args.vq_model_path, args.tokenizer_path)
-    tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
-    image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
-    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.vq_dtype)
-    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype,
+    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype, quant_type=args.quant_type,
                                             tensor_parallel_degree=launch.tensor_parallel_degree)
-    processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
+    processor = Emu3Processor.from_pretrained(args.model_path, args.vq_model_path, args.tokenizer_path,
+                                             image_area=model.config.image_area, dtype=args.vq_dtype)
 
     sampling = dict(
         max_new_tokens=args.max_new_tokens,

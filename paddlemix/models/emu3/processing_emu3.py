@@ -114,7 +114,8 @@ class Emu3Processor:
         An ``-hf`` folder (transformers' layout) holds all three; for the original layout the tokenizer comes from
         ``model_path`` (``BAAI/Emu3-Gen``) and the vision tokenizer from ``vq_model_path`` (default
         ``BAAI/Emu3-VisionTokenizer``). ``image_area`` defaults to the model config's (518400 for an -hf config,
-        which has none; see ``hf_layout``). ``dtype`` is the vision tokenizer's.
+        which has none; see ``hf_layout``). ``dtype`` is the vision tokenizer's. The tokenizer pads on the left, as
+        ``generate`` needs.
         """
         vq_model_path, tokenizer_path = resolve_model_paths(model_path, vq_model_path, tokenizer_path)
         if image_area is None:
@@ -122,7 +123,7 @@ class Emu3Processor:
         return cls(
             Emu3VisionVQImageProcessor.from_pretrained(vq_model_path),
             Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=dtype),
-            Emu3Tokenizer.from_pretrained(tokenizer_path),
+            Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left"),
             image_area=image_area,
         )
 
