@@ -148,7 +148,7 @@ class _Request:
     grid: Optional[tuple]  # (height [B], width [B], first_offset [B]) for image generation
     steps: int  # decode steps (new tokens at most)
     sampling: Optional[tuple]  # (top_k, top_p, temperature) when sampling
-    seed: Optional[int]
+    seed: object  # None, one int, or one int per row
 
     @property
     def batch(self):
@@ -200,7 +200,9 @@ def generate(
         and generation ends after the longest grid; prompt + grid beyond max_position_embeddings is an error.
         Without it (default: up to max_position_embeddings) it is capped at max_position_embeddings, with a warning.
     do_sample: sample (top_k, top_p, temperature as transformers' warpers) instead of greedy argmax.
-    seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device).
+    seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device). A list
+        of B seeds gives each row its own stream, so a row's result does not depend on the rows batched with it
+        (row i of a batch equals a one-row run with seed[i]).
     progress: a tqdm bar over the new tokens.
     Rows that produced eos continue with pad_token_id; generation stops once every row has.
     """
@@ -300,6 +302,16 @@ def _guided_batch(req, pad_id):
     return np.concatenate([ids_c, ids_u]), np.concatenate([mask_c, mask_u])
 
 
+def _seeded_uniforms(seed, steps, batch):
+    """float32 [steps, batch] uniforms: one default_rng(seed) stream over the whole array, or one stream per row."""
+    if np.ndim(seed) == 0:
+        return np.random.default_rng(seed).random((steps, batch), dtype=np.float32)
+    seeds = _int_array(seed, "seed")
+    if seeds.ndim != 1 or seeds.shape[0] != batch:
+        raise ValueError(f"seed must be one integer or a list of {batch} (one per row), got shape {list(seeds.shape)}")
+    return np.stack([np.random.default_rng(int(s)).random(steps, dtype=np.float32) for s in seeds], axis=1)
+
+
 def _plan_steps(model, req):
     """The allowed-id table, the logits each step needs and the sampling uniforms, all before the first step.
 
@@ -315,7 +327,7 @@ def _plan_steps(model, req):
     uniforms = None
     if req.sampling is not None:
         if req.seed is not None:
-            uniforms = paddle.to_tensor(np.random.default_rng(req.seed).random((req.steps, req.batch), dtype=np.float32))
+            uniforms = paddle.to_tensor(_seeded_uniforms(req.seed, req.steps, req.batch))
         else:
             uniforms = paddle.rand([req.steps, req.batch], dtype="float32")
     return _Plan(allowed, kinds, visual_head, uniforms)
