@@ -149,6 +149,7 @@ class _Request:
     steps: int  # decode steps (new tokens at most)
     sampling: Optional[tuple]  # (top_k, top_p, temperature) when sampling
     seed: object  # None, one int, or one int per row
+    past: int = 0  # tokens already in past_key_values (a chat's earlier turns)
 
     @property
     def batch(self):
@@ -186,6 +187,8 @@ def generate(
     temperature=1.0,
     seed=None,
     progress=True,
+    past_key_values=None,
+    streamer=None,
 ):
     """Generate after left-padded prompts; returns int64 [B, prompt_len + new_len] (prompt, then new tokens).
 
@@ -204,22 +207,31 @@ def generate(
         of B seeds gives each row its own stream, so a row's result does not depend on the rows batched with it
         (row i of a batch equals a one-row run with seed[i]).
     progress: a tqdm bar over the new tokens.
+    past_key_values: an ``Emu3KVCache`` holding the first ``past_key_values.length`` tokens of every row (e.g. the
+        earlier turns of a chat); input_ids [B, L] (no padding) continue them, and the cache is filled in place
+        (prompt + new tokens but the last). Text generation only: no guidance, no image_size.
+    streamer: an object with ``put(ids)`` / ``end()`` (see ``streaming.py``): ``put(input_ids [B, L])`` first, then
+        ``put(new tokens [B])`` after every step, then ``end()``.
     Rows that produced eos continue with pad_token_id; generation stops once every row has.
     """
     req = _validate(
         model.config, input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, guidance_scale,
-        image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed,
+        image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed, past_key_values,
     )
     all_ids, all_mask = _guided_batch(req, model.config.pad_token_id)
     plan = _plan_steps(model, req)
+    if streamer is not None:
+        streamer.put(req.ids)
     with paddle.no_grad():
-        hidden, cache, step_mask, next_pos = _prefill(model, req, all_ids, all_mask)
-        new_tokens = _decode(model, req, plan, hidden, cache, step_mask, next_pos, progress)
+        hidden, cache, step_mask, next_pos = _prefill(model, req, all_ids, all_mask, past_key_values)
+        new_tokens = _decode(model, req, plan, hidden, cache, step_mask, next_pos, progress, streamer)
+    if streamer is not None:
+        streamer.end()
     return _collect(req.ids, new_tokens, model.config.eos_token_id)
 
 
 def _validate(config, input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, guidance_scale,
-              image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed):
+              image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed, past_key_values=None):
     """Every argument checked (a ValueError naming the problem) and the number of steps fixed: a ``_Request``."""
     ids, mask = _prompt(input_ids, attention_mask, "input_ids")
     batch, prompt_len = ids.shape
@@ -238,6 +250,7 @@ def _validate(config, input_ids, attention_mask, negative_prompt_ids, negative_p
                 )
     elif negative_prompt_ids is not None:
         logger.warning("negative_prompt_ids is ignored: guidance_scale is %s", guidance_scale)
+    past = _past_length(past_key_values, mask, use_cfg or image_size is not None)
 
     grid = None
     if image_size is not None:
@@ -265,7 +278,7 @@ def _validate(config, input_ids, attention_mask, negative_prompt_ids, negative_p
             )
         steps = need
     longest = max(prompt_len, neg_ids.shape[1] if use_cfg else 0)
-    room = config.max_position_embeddings - longest
+    room = config.max_position_embeddings - past - longest
     if image_size is None:
         if max_new_tokens is None:
             max_new_tokens = room
@@ -289,7 +302,7 @@ def _validate(config, input_ids, attention_mask, negative_prompt_ids, negative_p
         _check_sampling(top_k, top_p, temperature)
     return _Request(
         ids, mask, neg_ids, neg_mask, float(guidance_scale) if use_cfg else None, grid, steps,
-        (top_k, top_p, temperature) if do_sample else None, seed,
+        (top_k, top_p, temperature) if do_sample else None, seed, past,
     )
 
 
@@ -333,30 +346,35 @@ def _plan_steps(model, req):
     return _Plan(allowed, kinds, visual_head, uniforms)
 
 
-def _prefill(model, req, all_ids, all_mask):
-    """Allocate the KV cache for prompt + new tokens, run the prompts; returns the last position's hidden state
-    [R, H], the cache, the decode steps' mask and each row's next position [R, 1]."""
+def _prefill(model, req, all_ids, all_mask, past_key_values=None):
+    """Allocate the KV cache for prompt + new tokens (or grow ``past_key_values``, which holds ``req.past`` tokens
+    before the prompts), run the prompts; returns the last position's hidden state [R, H], the cache, the decode
+    steps' mask and each row's next position [R, 1]."""
     config, dtype = model.config, model.dtype
-    rows = all_ids.shape[0]
-    capacity = req.longest + req.steps
-    positions = np.where(all_mask == 1, np.cumsum(all_mask, axis=1) - 1, 1)
+    rows, past = all_ids.shape[0], req.past
+    positions = np.where(all_mask == 1, np.cumsum(all_mask, axis=1) - 1, 1) + past
+    need = past + req.longest + req.steps
+    cache = past_key_values if past_key_values is not None else Emu3KVCache.for_model(config, rows, need, dtype)
+    cache.reserve(need)
+    capacity = cache.capacity  # a grown cache may hold more slots than this call needs
     # the generated slots count as tokens: a query never reads a slot after its own (the attention stops at the new
     # token's slot), so one mask [R, 1, 1, capacity] serves the prefill and every step
-    key_mask = paddle.to_tensor(np.concatenate([all_mask, np.ones((rows, req.steps), np.int64)], axis=1))
+    key_mask = paddle.to_tensor(np.concatenate([np.ones((rows, past), np.int64), all_mask,
+                                                np.ones((rows, capacity - past - req.longest), np.int64)], axis=1))
     prefill_mask = additive_mask(key_mask, req.longest, 0, dtype) if not bool(all_mask.all()) else None
     step_mask = additive_mask(key_mask, 1, capacity - 1, dtype)
-    next_pos = paddle.to_tensor(all_mask.sum(axis=1, keepdims=True))
-    cache = Emu3KVCache.for_model(config, rows, capacity, dtype)
+    next_pos = paddle.to_tensor(past + all_mask.sum(axis=1, keepdims=True))
     hidden = model.model(paddle.to_tensor(all_ids), paddle.to_tensor(positions), prefill_mask, cache,
                          last_only=True)[0][:, 0]
     return hidden, cache, step_mask, next_pos
 
 
-def _decode(model, req, plan, hidden, cache, step_mask, next_pos, progress):
-    """The decode loop: choose a token per row (``_choose``), feed it back, stop after the grid or once every row
-    produced eos (text: checked on the host once per step on CPU, every 8 steps on GPU). One [B] tensor per step."""
+def _decode(model, req, plan, hidden, cache, step_mask, next_pos, progress, streamer=None):
+    """The decode loop: choose a token per row (``_choose``), hand it to the streamer, feed it back, stop after the
+    grid or once every row produced eos (text: checked on the host once per step on CPU, every 8 steps on GPU
+    without a streamer). One [B] tensor per step."""
     config = model.config
-    sync_every = 8 if on_gpu() else 1
+    sync_every = 8 if on_gpu() and streamer is None else 1
     new_tokens = []
     unfinished = paddle.ones([req.batch], dtype="bool")
     pad = paddle.full([req.batch], config.pad_token_id, dtype="int64")
@@ -364,6 +382,8 @@ def _decode(model, req, plan, hidden, cache, step_mask, next_pos, progress):
     for step in range(req.steps):
         token = paddle.where(unfinished, _choose(model, req, plan, hidden, step), pad)
         new_tokens.append(token)
+        if streamer is not None:
+            streamer.put(token.numpy())
         unfinished = unfinished & (token != config.eos_token_id)
         bar.update(1)
         done = step + 1
@@ -402,6 +422,21 @@ def _collect(ids, new_tokens, eos_id):
     """Prompt and new tokens [B, L + new_len], cut after the step where the last row produced eos."""
     out = paddle.stack(new_tokens, axis=1).numpy()
     return paddle.to_tensor(np.concatenate([ids, out[:, :_generated_length(out, eos_id)]], axis=1))
+
+
+def _past_length(cache, mask, guided_or_image):
+    """Tokens already in ``cache`` (0 without one); a cache continues unpadded text-generation rows only."""
+    if cache is None:
+        return 0
+    if not isinstance(cache, Emu3KVCache):
+        raise ValueError(f"past_key_values must be an Emu3KVCache, got {type(cache).__name__}")
+    if guided_or_image:
+        raise ValueError("past_key_values continues text generation only: no guidance_scale, no image_size")
+    if cache.keys[0].shape[0] != mask.shape[0]:
+        raise ValueError(f"past_key_values holds {cache.keys[0].shape[0]} rows but input_ids has {mask.shape[0]}")
+    if not mask.all():
+        raise ValueError("input_ids continuing past_key_values must not be padded (attention mask all 1)")
+    return cache.length
 
 
 def _step_plan(table, config):

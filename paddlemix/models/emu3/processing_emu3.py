@@ -8,11 +8,14 @@ import re
 import numpy as np
 from PIL import Image
 
+from .chat_template import DEFAULT_SYSTEM_PROMPT, IMAGE_PLACEHOLDER, chat_images, render_chat
 from .tokenization_emu3 import BatchEncoding, ids_to_array, to_tensor
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHAT_TEMPLATE = "You are a helpful assistant. USER: {image_prompt}{text_prompt}. ASSISTANT:"
+# Emu3-Stage1 (the pretrained base model) takes the image and the text with no chat around them (original README)
+STAGE1_CHAT_TEMPLATE = "{image_prompt}{text_prompt}"
 DEFAULT_PREFIX_TEMPLATE = "{H}*{W}"
 DEFAULT_VISUAL_TEMPLATE = ("<|visual token {token_id:0>6d}|>", r"<\|visual token (\d+)\|>")
 DEFAULT_IMAGE_AREA = 518400
@@ -45,6 +48,14 @@ def calculate_generate_size(ratio, image_area, spatial_factor):
     return th, tw
 
 
+def expand_image_placeholders(text, image_prompts):
+    """``text`` with its ``<image>`` placeholders replaced in order by ``image_prompts`` (one each)."""
+    pieces = text.split(IMAGE_PLACEHOLDER)
+    if len(pieces) - 1 != len(image_prompts):
+        raise ValueError(f"{len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but {len(image_prompts)} images")
+    return pieces[0] + "".join(p + rest for p, rest in zip(image_prompts, pieces[1:]))
+
+
 class Emu3Processor:
     """Prepares Emu3 inputs from text and PIL images, and decodes Emu3 outputs.
 
@@ -52,7 +63,8 @@ class Emu3Processor:
         image_processor: an ``Emu3VisionVQImageProcessor`` (needed for mode "U" and for decoding images).
         vision_tokenizer: an ``Emu3VisionVQModel`` (its config gives the spatial factor and codebook size).
         tokenizer: an ``Emu3Tokenizer``.
-        chat_template: the understanding prompt, with ``{image_prompt}`` and ``{text_prompt}``.
+        chat_template: the understanding prompt, with ``{image_prompt}`` and ``{text_prompt}``
+            (``STAGE1_CHAT_TEMPLATE`` for Emu3-Stage1).
         prefix_template: the grid size text after ``<|image start|>``, with ``{H}`` and ``{W}``.
         visual_template: ``(format string of a visual token with {token_id}, regex of it)``.
         image_area: the default pixel area of a generated image (the LM config's ``image_area``).
@@ -107,6 +119,7 @@ class Emu3Processor:
         ratio="1:1",
         image_area=None,
         padding_image=False,
+        chat_template=None,
         return_tensors="pd",
         padding="longest",
         return_token_type_ids=False,
@@ -122,7 +135,8 @@ class Emu3Processor:
             (token grid h, w), as ``return_tensors`` asks ("pd", "np" or None).
         """
         prompts, sizes = self.build_prompts(
-            text, image, mode=mode, ratio=ratio, image_area=image_area, padding_image=padding_image
+            text, image, mode=mode, ratio=ratio, image_area=image_area, padding_image=padding_image,
+            chat_template=chat_template,
         )
         inputs = self.tokenizer(
             prompts,
@@ -134,21 +148,29 @@ class Emu3Processor:
         inputs["image_size"] = to_tensor(np.asarray(sizes, dtype=np.int64), return_tensors)
         return BatchEncoding(inputs)
 
-    def build_prompts(self, text, image=None, *, mode="G", ratio="1:1", image_area=None, padding_image=False):
+    def build_prompts(
+        self, text, image=None, *, mode="G", ratio="1:1", image_area=None, padding_image=False, chat_template=None
+    ):
         """The prompt strings and token grids ``[(h, w), ...]`` of a batch.
 
         Mode "G" (text-to-image): ``bos + text + boi + "{h}*{w}" + img`` per prompt, where ``(h, w)`` is the token
         grid for ``ratio`` ("W:H"; one string for all prompts or one per prompt) and ``image_area`` (default: the
         processor's ``image_area``), rounded half to even as the original.
-        Mode "U" (understanding): ``bos + chat_template`` with the image prompt
-        ``boi + "{h}*{w}" + img + rows of visual tokens joined by eol + eol + eof + eoi``; one PIL image per text.
+        Mode "U" (understanding): ``bos + chat_template`` (default: the processor's; ``STAGE1_CHAT_TEMPLATE`` for
+        Emu3-Stage1) with ``{text_prompt}`` the text and ``{image_prompt}`` the image's tokens
+        ``boi + "{h}*{w}" + img + rows of visual tokens joined by eol + eol + eof + eoi`` (``image_prompt``).
+        ``image`` holds one entry per text: a PIL image (the original's case: it goes to ``{image_prompt}``), None
+        (a text-only question: empty image prompt), or a list of PIL images, one per ``<image>`` placeholder in the
+        text, each replaced in order by that image's tokens, as transformers' processor. ``image=None`` makes every
+        row text-only. The grid of a row is that of its first image ((0, 0) for a text-only row).
         ``padding_image`` pads images of different sizes to a common size before encoding them as one batch
         (the original's behaviour, which changes codes near the padded border); see ``tokenize_image``.
 
         Raises ValueError for an empty prompt, a malformed ratio, a mode "G" call with images, a mode "U" call
-        without one image per text, or a ratio count that is neither 1 nor the number of prompts.
+        whose images do not match the texts (one entry per text, one image per placeholder), or a ratio count that
+        is neither 1 nor the number of prompts.
         """
-        texts = self._check_texts(text)
+        texts = self._check_texts(text, allow_empty=mode == "U" and image is not None)
         if mode not in ("G", "U"):
             raise ValueError(f"mode must be 'G' (generation) or 'U' (understanding), got {mode!r}")
         tok = self.tokenizer
@@ -171,44 +193,127 @@ class Emu3Processor:
                 )
                 sizes.append((h, w))
         else:
-            images = self._check_images(image, len(texts))
-            for text_prompt, codes in zip(texts, self.tokenize_image(images, padding_image=padding_image)):
-                h, w = codes.shape
-                image_prompt = (
-                    tok.boi_token
-                    + self.prefix_template.format(H=h, W=w)
-                    + tok.img_token
-                    + self.codes_to_string(codes)
-                    + tok.eol_token
-                    + tok.eof_token
-                    + tok.eoi_token
-                )
-                prompts.append(tok.bos_token + self.chat_template.format(image_prompt=image_prompt, text_prompt=text_prompt))
-                sizes.append((h, w))
+            template = self.chat_template if chat_template is None else chat_template
+            rows = self._check_images(image, texts)
+            grids = iter(self.tokenize_image([im for row in rows for im in row], padding_image=padding_image))
+            for text_prompt, row in zip(texts, rows):
+                codes = [next(grids) for _ in row]
+                image_prompt = ""
+                if IMAGE_PLACEHOLDER in text_prompt:
+                    text_prompt = expand_image_placeholders(text_prompt, [self.image_prompt(c) for c in codes])
+                elif codes:
+                    image_prompt = self.image_prompt(codes[0])
+                prompts.append(tok.bos_token + template.format(image_prompt=image_prompt, text_prompt=text_prompt))
+                sizes.append(codes[0].shape if codes else (0, 0))
         return prompts, sizes
 
+    def image_prompt(self, codes):
+        """The tokens (as text) of one image's code grid ``[h, w]`` in a prompt:
+        ``boi + "{h}*{w}" + img + rows joined by eol + eol + eof + eoi``."""
+        tok = self.tokenizer
+        h, w = np.shape(codes)
+        return (
+            tok.boi_token
+            + self.prefix_template.format(H=h, W=w)
+            + tok.img_token
+            + self.codes_to_string(codes)
+            + tok.eol_token
+            + tok.eof_token
+            + tok.eoi_token
+        )
+
     @staticmethod
-    def _check_texts(text):
+    def _check_texts(text, allow_empty=False):
         texts = [text] if isinstance(text, str) else text
         if not isinstance(texts, (list, tuple)) or not texts:
             raise ValueError("text must be a str or a non-empty list of str")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise ValueError(f"text[{i}] must be a str, got {type(t).__name__}")
-            if not t:
+            if not t and not allow_empty:
                 raise ValueError(f"text[{i}] is an empty prompt")
         return list(texts)
 
     @staticmethod
-    def _check_images(image, n_texts):
+    def _check_images(image, texts):
+        """The images of each text (a list per text; see ``build_prompts``), checked against its placeholders."""
         if image is None:
-            raise ValueError("mode 'U' (understanding) needs an image: pass one PIL image per text")
-        images = [image] if isinstance(image, Image.Image) else image
-        if not isinstance(images, (list, tuple)) or not all(isinstance(im, Image.Image) for im in images):
-            raise ValueError("image must be a PIL.Image.Image or a list of them")
-        if len(images) != n_texts:
-            raise ValueError(f"got {len(images)} images for {n_texts} texts: pass exactly one image per text")
-        return list(images)
+            image = [None] * len(texts)
+        entries = [image] if isinstance(image, Image.Image) else image
+        if not isinstance(entries, (list, tuple)):
+            raise ValueError("image must be a PIL.Image.Image or a list with one entry per text")
+        if len(entries) != len(texts):
+            raise ValueError(
+                f"got {len(entries)} images for {len(texts)} texts: pass exactly one entry per text (a PIL image, "
+                "None, or a list of images, one per <image> placeholder)"
+            )
+        rows = []
+        for i, (text, entry) in enumerate(zip(texts, entries)):
+            row = [] if entry is None else [entry] if isinstance(entry, Image.Image) else entry
+            if not isinstance(row, (list, tuple)) or not all(isinstance(im, Image.Image) for im in row):
+                raise ValueError(f"image[{i}] must be a PIL.Image.Image, None or a list of PIL images")
+            placeholders = text.count(IMAGE_PLACEHOLDER)
+            if placeholders != len(row) and not (placeholders == 0 and len(row) == 1):
+                raise ValueError(
+                    f"text[{i}] has {placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(row)} images were "
+                    "given: pass one image per placeholder (or one image and no placeholder)"
+                )
+            if not text and not row:
+                raise ValueError(f"text[{i}] is an empty prompt with no image")
+            rows.append(list(row))
+        return rows
+
+    def apply_chat_template(
+        self,
+        conversation,
+        add_generation_prompt=True,
+        tokenize=False,
+        images=None,
+        system_prompt=DEFAULT_SYSTEM_PROMPT,
+        padding_image=False,
+        return_tensors="pd",
+        **tokenizer_kwargs,
+    ):
+        """Render transformers-style messages in the Emu3-Chat format (see ``chat_template.py``).
+
+        ``conversation`` is a list of ``{"role": "system"|"user"|"assistant", "content": str | [{"type": "image"},
+        {"type": "text", "text": ...}]}`` messages, or a list of such conversations (a batch). ``system_prompt`` is
+        used when a conversation has no system message (None or "": no system prompt). A single turn with the
+        default system prompt gives the original's prompt token for token.
+
+        With ``tokenize=False`` (transformers' default) the prompt string(s), ``<image>`` marking each image, no bos:
+        pass them to ``processor(prompts, images, mode="U", chat_template=STAGE1_CHAT_TEMPLATE)``. With
+        ``tokenize=True`` the inputs of ``processor(...)``: the images are the image items' ``"image"`` entries (PIL),
+        or else ``images`` (a list of PIL images for one conversation, one list per conversation for a batch).
+        """
+        batched = isinstance(conversation, (list, tuple)) and bool(conversation) and isinstance(
+            conversation[0], (list, tuple)
+        )
+        conversations = list(conversation) if batched else [conversation]
+        prompts = [render_chat(c, system_prompt, add_generation_prompt) for c in conversations]
+        if not tokenize:
+            return prompts if batched else prompts[0]
+        rows = [chat_images(c) for c in conversations]
+        if any(im is not None for row in rows for im in row):
+            if any(im is None for row in rows for im in row):
+                raise ValueError("either every image item carries its 'image' or none does (then pass images=)")
+        elif images is not None:
+            rows = list(images) if batched else [images]
+        else:
+            rows = [[] for _ in conversations]
+        if len(rows) != len(conversations):
+            raise ValueError(f"images: got {len(rows)} lists for {len(conversations)} conversations")
+        rows = [[r] if isinstance(r, Image.Image) else r for r in rows]
+        for i, (prompt, row) in enumerate(zip(prompts, rows)):
+            if not isinstance(row, (list, tuple)) or prompt.count(IMAGE_PLACEHOLDER) != len(row):
+                raise ValueError(
+                    f"conversation {i} has {prompt.count(IMAGE_PLACEHOLDER)} images but "
+                    f"{len(row) if isinstance(row, (list, tuple)) else row!r} were given"
+                )
+        return self(
+            prompts, rows, mode="U", padding_image=padding_image, chat_template=STAGE1_CHAT_TEMPLATE,
+            return_tensors=return_tensors, **tokenizer_kwargs,
+        )
 
     def codes_to_string(self, codes):
         """The visual-token text of a code grid ``[h, w]``: each row's tokens, rows joined by eol."""
