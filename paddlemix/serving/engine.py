@@ -20,12 +20,16 @@ import numpy as np
 from PIL import Image
 
 from ..models.emu3.generation_emu3 import grid_length
-from ..models.emu3.processing_emu3 import calculate_generate_size, parse_ratio
+from ..models.emu3.processing_emu3 import (
+    STAGE1_CHAT_TEMPLATE,
+    calculate_generate_size,
+    expand_image_placeholders,
+    parse_ratio,
+)
 from .protocol import ChatCompletionRequest, ImageGenerationRequest, SamplingParams
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                        re.ASCII)
 _SIZE = re.compile(r"(\d+)x(\d+)")
@@ -64,10 +68,9 @@ class ImageJob:
 
 @dataclass
 class ChatJob:
-    """One answer: the conversation, its decoded images (encoded on the worker) and its token budget."""
+    """One answer: the rendered conversation, its decoded images (encoded on the worker) and its token budget."""
 
-    system: str
-    turns: list  # [(role, text with "<image>" placeholders)]
+    prompt: str  # the chat template's string, "<image>" marking each image, no bos
     images: List[Image.Image]
     prompt_len: int
     max_tokens: int
@@ -165,31 +168,24 @@ def parse_size(size, default_area, max_area, spatial_factor):
     return ratio, area
 
 
-def chat_turns(messages):
-    """(system prompt, [(role, text with one "<image>" per image)], [image URLs]) of OpenAI messages."""
-    system, turns, urls = DEFAULT_SYSTEM_PROMPT, [], []
-    for i, message in enumerate(messages):
+def chat_messages(messages):
+    """(transformers-style messages, [image URLs in order]) of OpenAI chat messages."""
+    converted, urls = [], []
+    for message in messages:
         parts = message.content if isinstance(message.content, list) else [message.content]
-        text = ""
+        content = []
         for part in parts:
             if isinstance(part, str):
-                text += part
+                content.append({"type": "text", "text": part})
             elif part.type == "text":
-                text += part.text
+                content.append({"type": "text", "text": part.text})
             else:
-                if message.role != "user":
-                    raise ValueError(f"messages[{i}]: only user messages may hold images")
-                text += "<image>"
+                content.append({"type": "image"})
                 urls.append(part.image_url.url)
-        if message.role == "system":
-            if i != 0:
-                raise ValueError("a system message may only come first")
-            system = text
-        else:
-            turns.append((message.role, text))
-    if not turns or turns[-1][0] != "user":
+        converted.append({"role": message.role, "content": content})
+    if converted[-1]["role"] != "user":
         raise ValueError("the last message must be a user message")
-    return system, turns, urls
+    return converted, urls
 
 
 def random_seed():
@@ -368,16 +364,19 @@ class Emu3Engine(Engine):
         if self.chat_model_obj is None:
             raise LookupError("this server has no chat model")
         config = self.chat_model_obj.config
-        system, turns, urls = chat_turns(request.messages)
+        messages, urls = chat_messages(request.messages)
         if len(urls) > self.max_images:
             raise ValueError(f"got {len(urls)} images; the server takes at most {self.max_images} per request")
+        prompt = self.processor.apply_chat_template(messages)
         images = [decode_data_uri(url, self.max_image_bytes, self.max_image_pixels) for url in urls]
+        # the prompt's length before the images are encoded (on the worker): same grids, codes all 0
+        f = self.processor.spatial_factor
         grids = []
         for image in images:
             pixels = self.processor.image_processor(image, return_tensors="np")["pixel_values"]
-            f = self.processor.spatial_factor
             grids.append(np.zeros((pixels.shape[-2] // f, pixels.shape[-1] // f), np.int64))
-        prompt_len = len(self._chat_ids(system, turns, grids))
+        text = expand_image_placeholders(prompt, [self.processor.image_prompt(g) for g in grids])
+        prompt_len = len(self.tokenizer.encode(self.tokenizer.bos_token + text))
         budget = request.token_budget()
         room = config.max_position_embeddings - prompt_len
         if room < 1:
@@ -390,31 +389,19 @@ class Emu3Engine(Engine):
         max_tokens = min(budget or self.max_tokens, room)
         sampling = request.sampling_params()
         seed = (request.seed if request.seed is not None else random_seed()) if sampling.do_sample else None
-        return ChatJob(system, turns, images, prompt_len, max_tokens, seed, sampling)
+        return ChatJob(prompt, images, prompt_len, max_tokens, seed, sampling)
 
-    def _chat_ids(self, system, turns, grids):
-        """Prompt ids: the original's single-turn format, "<bos>{system} USER: {images}{text}. ASSISTANT:"."""
-        if len(turns) != 1:
-            raise ValueError("only single-turn chat is supported: send one user message (and an optional system one)")
-        tok, processor = self.tokenizer, self.processor
-        pieces = turns[0][1].split("<image>")
-        if len(pieces) - 1 != len(grids):
-            raise ValueError("the number of <image> placeholders differs from the number of images")
-        image_prompts = "".join(
-            tok.boi_token + processor.prefix_template.format(H=g.shape[0], W=g.shape[1]) + tok.img_token
-            + processor.codes_to_string(g) + tok.eol_token + tok.eof_token + tok.eoi_token
-            for g in grids
-        )
-        text = "".join(pieces)
-        prompt = tok.bos_token + f"{system} USER: {image_prompts}{text}. ASSISTANT:"
-        return np.asarray(tok.encode(prompt), np.int64)
+    def _chat_ids(self, job):
+        """The prompt ids [L] of a chat job, its images encoded one by one (no padding across requests)."""
+        inputs = self.processor([job.prompt], [job.images], mode="U", chat_template=STAGE1_CHAT_TEMPLATE,
+                                return_tensors="np")
+        return np.asarray(inputs["input_ids"][0], np.int64)
 
     def _run_chat(self, jobs, context):
         config = self.chat_model_obj.config
         rows, results = [], [None] * len(jobs)
-        for j, job in enumerate(jobs):
-            grids = self.processor.tokenize_image(job.images) if job.images else []
-            rows.append(self._chat_ids(job.system, job.turns, grids))
+        for job in jobs:
+            rows.append(self._chat_ids(job))
         ids, mask = _left_pad(rows, config.pad_token_id)
         texts = [_TextRow(self.tokenizer, job.max_tokens, config.eos_token_id) for job in jobs]
 
