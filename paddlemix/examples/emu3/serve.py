@@ -44,6 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--max_image_area", type=int,
                         help="most pixels of a generated image (default: the generation model's image_area)")
     parser.add_argument("--max_tokens", type=int, default=1024, help="most answer tokens of a chat request")
+    parser.add_argument("--max_image_pixels", type=int, default=4096 * 4096,
+                        help="most pixels of an uploaded image (larger ones get 400)")
     parser.add_argument("--graceful_timeout", type=float, default=30.0,
                         help="seconds running requests get to finish after Ctrl-C")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
@@ -64,7 +66,7 @@ def parse_args(argv=None):
         parser.error("--vq_model_path is required")
     if not 0 < args.port < 65536:
         parser.error("--port must be in 1..65535")
-    for name in ("max_batch_size", "max_queue", "max_tokens", "threads", "max_image_area"):
+    for name in ("max_batch_size", "max_queue", "max_tokens", "threads", "max_image_area", "max_image_pixels"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be positive")
@@ -92,7 +94,7 @@ def build_engine(args):
     area = (gen or chat).config.image_area
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=area)
     return Emu3Engine(processor, gen_model=gen, chat_model=chat, max_image_area=args.max_image_area,
-                      max_tokens=args.max_tokens)
+                      max_tokens=args.max_tokens, max_image_pixels=args.max_image_pixels)
 
 
 def main(argv=None):
@@ -107,7 +109,10 @@ def main(argv=None):
     app = build_app(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue, timeout=args.timeout)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.graceful_timeout)
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown
+        logging.getLogger(__name__).info("stopped")
     return 0
 
 
