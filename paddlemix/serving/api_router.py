@@ -81,12 +81,18 @@ async def _events(request, state):
     scheduler = request.app.state.scheduler
     try:
         while True:
-            kind, payload = await asyncio.wait_for(state.events.get(), scheduler.timeout + 30.0)
+            if state.done:  # its last events are queued
+                kind, payload = await state.events.get()
+            else:
+                try:
+                    remaining = max(state.deadline - time.monotonic(), 0.01)
+                    kind, payload = await asyncio.wait_for(state.events.get(), remaining)
+                except asyncio.TimeoutError:
+                    scheduler.expire(state)
+                    continue
             yield kind, payload
             if kind in ("result", "error"):
                 return
-    except asyncio.TimeoutError:
-        yield "error", RequestTimeout(f"the request did not finish within {scheduler.timeout:g} s")
     finally:
         if not state.done:
             scheduler.cancel(state)

@@ -171,6 +171,14 @@ class Scheduler:
         if not state.done:
             self._fail(state, RequestCancelled("cancelled by the client"), RequestStatus.CANCELLED)
 
+    def expire(self, state):
+        """The request's deadline passed: drop it with a timeout error (a running batch goes on for the others)."""
+        with self._cond:
+            if state in self._waiting:
+                self._waiting.remove(state)
+        self._fail(state, RequestTimeout(f"the request did not finish within {self.timeout:g} s"),
+                   RequestStatus.FAILED)
+
     def snapshot(self):
         with self._cond:
             return dict(self.stats, waiting=len(self._waiting), running=len(self._running),
