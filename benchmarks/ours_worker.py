@@ -5,6 +5,7 @@ Usage (run.py does this): ``python ours_worker.py JOB.json RESULT.json``. Jobs:
 * ``make_weights``: random weights for a config, written by our ``save_pretrained`` in the original key layout.
 * ``map_keys``: {transformers key: original key} through our models' documented ``_map_checkpoint_key``.
 * ``vq``, ``lm``, ``t2i``, ``vqa``, ``memory``: the benchmark cases (the same work as ref_worker.py).
+* ``serve``: the server under client-side load (serve_bench.py; our side only).
 """
 
 import os
@@ -195,6 +196,13 @@ def job_memory(job):
     }
 
 
+def job_serve(job):
+    from serve_bench import job_serve as run
+
+    set_threads(job["threads"])
+    return run(job)
+
+
 def run_job(job):
     import numpy as np
 
@@ -206,6 +214,7 @@ def run_job(job):
         "t2i": job_t2i,
         "vqa": job_vqa,
         "memory": job_memory,
+        "serve": job_serve,
     }[job["job"]](job)
     import paddle
 
