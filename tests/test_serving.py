@@ -64,6 +64,30 @@ def health(server):
     return response.json()
 
 
+def test_per_row_seeds_make_rows_independent_of_their_batch(fixtures_dir):
+    from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
+
+    model = Emu3ForCausalLM.from_pretrained(str(fixtures_dir / "llm"))
+    ref = np.load(fixtures_dir / "refs" / "gen_t2i_batch.npz")  # two prompts, grids 4x4 and 3x5, left-padded
+    args = dict(negative_prompt_ids=ref["neg_input_ids"], guidance_scale=3.0, do_sample=True, top_k=50,
+                progress=False)
+    both = model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], image_size=ref["image_size"],
+                          seed=[11, 12], **args).numpy()
+    for row, seed in ((0, 11), (1, 12)):
+        keep = ref["attention_mask"][row] == 1
+        alone = model.generate(ref["input_ids"][row:row + 1, keep], image_size=ref["image_size"][row:row + 1],
+                               seed=[seed], **dict(args, negative_prompt_ids=ref["neg_input_ids"][row:row + 1]))
+        alone = alone.numpy()[0, keep.sum():]
+        np.testing.assert_array_equal(both[row, ref["input_ids"].shape[1]:][: len(alone)], alone)
+    # one seed for the batch is one stream over all rows: not the same as per-row seeds
+    shared = model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], image_size=ref["image_size"],
+                            seed=11, **args).numpy()
+    assert not np.array_equal(shared[1], both[1])
+    with pytest.raises(ValueError, match="one per row"):
+        model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], image_size=ref["image_size"],
+                       seed=[1, 2, 3], **args)
+
+
 def test_models_and_health(client, server):
     assert sorted(m.id for m in client.models.list().data) == ["emu3-chat", "emu3-gen"]
     assert health(server)["status"] == "ok"
