@@ -67,7 +67,7 @@ class FakeEngine(Engine):
 @pytest.fixture(scope="module")
 def fake():
     engine = FakeEngine()
-    server = ServerThread(build_app(engine, max_batch_size=4, max_queue=4, timeout=2.0))
+    server = ServerThread(build_app(engine, max_batch_size=4, max_queue=4, timeout=2.0, max_body_bytes=100_000))
     try:
         yield engine, server
     finally:
@@ -153,6 +153,11 @@ def test_chat_stream_framing(fake, client):
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     assert response.headers["content-type"].startswith("text/event-stream")
+
+
+def test_a_body_over_the_limit_gets_413(fake):
+    response = httpx.post(f"{fake[1].base_url}/v1/images/generations", json={"prompt": "x" * 200_000})
+    assert response.status_code == 413 and "limit" in response.json()["error"]["message"]
 
 
 def test_page_and_unknown_paths(fake):

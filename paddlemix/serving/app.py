@@ -27,8 +27,9 @@ def _describe(errors):
     return "; ".join(lines) or "invalid request"
 
 
-def build_app(engine, max_batch_size=8, max_queue=64, timeout=600.0):
-    """A FastAPI app serving ``engine`` (an ``Engine``) through one ``Scheduler`` with these limits."""
+def build_app(engine, max_batch_size=8, max_queue=64, timeout=600.0, max_body_bytes=64 * 2**20):
+    """A FastAPI app serving ``engine`` (an ``Engine``) through one ``Scheduler`` with these limits; request bodies
+    over ``max_body_bytes`` get 413 before they are read."""
     scheduler = Scheduler(engine, max_batch_size=max_batch_size, max_queue=max_queue, timeout=timeout)
 
     @contextlib.asynccontextmanager
@@ -43,6 +44,14 @@ def build_app(engine, max_batch_size=8, max_queue=64, timeout=600.0):
     app = FastAPI(title="paddlemix Emu3 server", lifespan=lifespan)
     app.state.engine = engine
     app.state.scheduler = scheduler
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return error_response(413, f"the request body is larger than the server's limit of {max_body_bytes} "
+                                       "bytes")
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):

@@ -399,21 +399,28 @@ class Emu3Engine(Engine):
 
     def _run_chat(self, jobs, context):
         config = self.chat_model_obj.config
-        rows, results = [], [None] * len(jobs)
-        for job in jobs:
-            rows.append(self._chat_ids(job))
+        results = [None] * len(jobs)
+        live, rows = [], []  # the jobs whose prompt could be built (a failing one fails alone), their prompt ids
+        for j, job in enumerate(jobs):
+            try:
+                rows.append(self._chat_ids(job))
+                live.append(j)
+            except ValueError as exc:
+                results[j] = exc
+        if not live:
+            return results
         ids, mask = _left_pad(rows, config.pad_token_id)
-        texts = [_TextRow(self.tokenizer, job.max_tokens, config.eos_token_id) for job in jobs]
+        texts = [_TextRow(self.tokenizer, jobs[j].max_tokens, config.eos_token_id) for j in live]
 
         def on_step(step, tokens):
-            for j, row in enumerate(texts):
+            for r, (j, row) in enumerate(zip(live, texts)):
                 if row.finish_reason is not None:
                     continue
-                delta = row.add(int(tokens[j]))
+                delta = row.add(int(tokens[r]))
                 if delta:
                     context.delta(j, delta)
                 if row.finish_reason is not None:
-                    results[j] = self._chat_result(rows[j], row)
+                    results[j] = self._chat_result(rows[r], row)
                     context.finish(j, results[j])
             context.check()
 
@@ -421,22 +428,22 @@ class Emu3Engine(Engine):
         self.chat_model_obj.generate(
             ids,
             attention_mask=mask,
-            max_new_tokens=max(job.max_tokens for job in jobs),
+            max_new_tokens=max(jobs[j].max_tokens for j in live),
             do_sample=sampling.do_sample,
             top_k=sampling.top_k,
             top_p=sampling.top_p,
             temperature=sampling.temperature,
-            seed=[job.seed for job in jobs] if sampling.do_sample else None,
+            seed=[jobs[j].seed for j in live] if sampling.do_sample else None,
             progress=False,
             streamer=_BatchStreamer(on_step),
         )
-        for j, row in enumerate(texts):
+        for r, (j, row) in enumerate(zip(live, texts)):
             if results[j] is None:
                 row.finish_reason = row.finish_reason or "length"
                 delta = row.flush()
                 if delta:
                     context.delta(j, delta)
-                results[j] = self._chat_result(rows[j], row)
+                results[j] = self._chat_result(rows[r], row)
         return results
 
     @staticmethod
