@@ -125,13 +125,16 @@ def test_image(size):
 
 
 def main_worker(run_job):
-    """Entry point of a worker: argv = job.json result.json; the job's threads are applied before any import."""
+    """Entry point of a worker: argv = job.json result.json; the job's threads are applied before any import.
+    Under paddle.distributed.launch every rank runs the job and rank 0 writes the result."""
     if len(sys.argv) != 3:
         sys.exit(f"usage: {sys.argv[0]} JOB.json RESULT.json")
     with open(sys.argv[1], "r", encoding="utf-8") as f:
         job = json.load(f)
     set_thread_env(job["threads"])
     result = run_job(job)
+    if os.environ.get("PADDLE_TRAINER_ID", "0") != "0":
+        return
     with open(sys.argv[2], "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
 

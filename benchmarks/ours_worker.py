@@ -6,6 +6,8 @@ Usage (run.py does this): ``python ours_worker.py JOB.json RESULT.json``. Jobs:
 * ``map_keys``: {transformers key: original key} through our models' documented ``_map_checkpoint_key``.
 * ``vq``, ``lm``, ``t2i``, ``vqa``, ``memory``: the benchmark cases (the same work as ref_worker.py).
 * ``serve``: the server under client-side load (serve_bench.py; our side only).
+* ``parallel``: the batch-1 decode step under the launch it runs in (tensor parallel over its processes) and the
+  weight bytes this rank reads per step.
 """
 
 import os
@@ -201,6 +203,24 @@ def job_serve(job):
 
     set_threads(job["threads"])
     return run(job)
+def job_parallel(job):
+    import numpy as np
+    import paddle
+
+    set_threads(job["threads"])
+    model = load(job)  # tensor-parallel degree and rank from the launch (1 and 0 outside one)
+    prompt = common.lm_prompts(job)[1][1]
+    embed = model.model.embed_tokens.weight
+    res = {"step_bytes": sum(int(np.prod(p.shape)) * 4 for p in model.parameters() if p is not embed)}
+    with paddle.no_grad():
+        def gen(n):
+            return _generate(model, prompt, max_new_tokens=n, do_sample=False)
+
+        gen(2)
+        timing = common.decode_timing(gen, job, 1)
+    res["decode step b1"] = timing["decode step b1"]
+    res["ids b1"] = timing["ids b1"][:, prompt.shape[1]:].flatten().tolist()
+    return res
 
 
 def run_job(job):
@@ -215,6 +235,7 @@ def run_job(job):
         "vqa": job_vqa,
         "memory": job_memory,
         "serve": job_serve,
+        "parallel": job_parallel,
     }[job["job"]](job)
     import paddle
 

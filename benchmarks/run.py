@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORK = os.path.join(HERE, ".work")
 REF_PYTHON = os.path.join(HERE, ".ref_venv", "bin", "python")
-SUITES = ("vq", "lm", "t2i", "vqa", "memory", "floor", "serve")
+SUITES = ("vq", "lm", "t2i", "vqa", "memory", "floor", "parallel", "serve")
 
 
 def lm_config(vocab_size, codebook_size, hidden, layers, heads, kv_heads, intermediate, max_pos):
@@ -140,11 +140,13 @@ class Runner:
         os.makedirs(os.path.join(WORK, "logs"), exist_ok=True)
 
     # ------------------------------------------------------------------ subprocesses
-    def call(self, side, job):
-        """Run one job in a fresh worker process of `side` ("ours" or "ref"); its JSON result, or None on error."""
+    def call(self, side, job, nproc=1):
+        """Run one job in a fresh worker process of `side` ("ours" or "ref"); its JSON result, or None on error.
+        nproc > 1: ``nproc`` processes under ``paddle.distributed.launch`` (rank 0 writes the result); a job may set
+        its own "threads" (per process)."""
         python = sys.executable if side == "ours" else REF_PYTHON
         script = os.path.join(HERE, "ours_worker.py" if side == "ours" else "ref_worker.py")
-        job = dict(job, threads=self.args.threads)
+        job = dict({"threads": self.args.threads}, **job)
         tag = f"{side}-{job['job']}-{job.get('name', '')}".rstrip("-")
         job_path = os.path.join(WORK, "logs", f"{tag}.job.json")
         out_path = os.path.join(WORK, "logs", f"{tag}.result.json")
@@ -155,15 +157,17 @@ class Runner:
             os.remove(out_path)
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(self.args.threads)
+            env[var] = str(job["threads"])
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         if side == "ours":
             env.update(self.args.ours_env)
         t0 = time.perf_counter()
         with open(log_path, "w", encoding="utf-8") as log:
             try:
-                proc = subprocess.run([python, script, job_path, out_path], stdout=log, stderr=subprocess.STDOUT,
-                                      env=env, timeout=self.args.job_timeout)
+                launcher = [] if nproc == 1 else ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
+                                                  "--log_dir", os.path.join(WORK, "logs", f"{tag}-ranks")]
+                proc = subprocess.run([python, *launcher, script, job_path, out_path], stdout=log,
+                                      stderr=subprocess.STDOUT, env=env, timeout=self.args.job_timeout)
                 code = proc.returncode
             except subprocess.TimeoutExpired:
                 code = f"timeout after {self.args.job_timeout} s"
@@ -374,6 +378,29 @@ class Runner:
             same = sum(a == b for a, b in zip(batched["images"], alone["images"]))
             self.checks.append(f"serve: {same}/{n} images identical batched and alone, "
                                f"{batched['batches']} batches for {n} concurrent requests")
+    def suite_parallel(self):
+        """The batch-1 decode step of the lm config at tensor parallel 1 (one process, 2 threads) and 2 (two
+        launched processes over gloo, 1 thread each), and the weight bytes each rank reads per step (its
+        parameters but the embedding table, of which a step reads one row per token). Our side only."""
+        orig_dir, _ = self.weights("lm", "lm")
+        if orig_dir is None:
+            return
+        p = self.params
+        job = {"job": "parallel", "name": "lm", "model": "lm", "orig_dir": orig_dir, "config": self.configs["lm"],
+               "decode_steps": p["decode_steps"], "decode_prompt_len": p["decode_prompt_len"],
+               "decode_batches": [1], "prefill_len": 0, "repeats": p["repeats"], **self.lm_ids("lm")}
+        tp1 = self.call("ours", dict(job, name="tp1", threads=2))
+        tp2 = self.call("ours", dict(job, name="tp2", threads=1), nproc=2)
+        for label, r in (("TP 1: 1 process x 2 threads", tp1), ("TP 2: 2 processes x 1 thread (gloo)", tp2)):
+            self.add(f"parallel decode step b1, {label}", self.get(r, "decode step b1", 1e3), None, "ms",
+                     fmt="{:.2f}", compare=False)
+            self.add(f"parallel weight bytes read per step per rank, {label}", self.get(r, "step_bytes", 1e-6), None,
+                     "MB", fmt="{:.1f}", compare=False)
+        if tp1 and tp2:
+            self.add("parallel TP 2 speedup (TP 1 step / TP 2 step)", tp1["decode step b1"] / tp2["decode step b1"],
+                     None, "x", fmt="{:.2f}", compare=False)
+            same = tp1["ids b1"] == tp2["ids b1"]
+            self.checks.append(f"parallel greedy ids TP 1 vs TP 2: {'same' if same else 'DIFFERENT'}")
 
 
 def weight_bytes(path, exclude=()):

@@ -27,6 +27,8 @@ import logging
 import os
 import platform
 
+from .distributed import cpu_share
+
 logger = logging.getLogger(__name__)
 
 
@@ -108,9 +110,9 @@ def returning_freed_memory():
 def set_cpu_threads(threads=None):
     """Threads for Paddle's CPU kernels (its OpenMP and MKL) and the paddlemix ops, which share Paddle's OpenMP
     runtime. Paddle starts with one; the example scripts call this with ``--threads`` (default: every CPU this process
-    may run on). Returns the number set."""
+    may run on, divided by the processes launched on this host). Returns the number set."""
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = cpu_share()
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     import paddle

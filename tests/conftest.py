@@ -36,3 +36,9 @@ def fixtures_dir():
 def real_offset_dir():
     """The tokenizer with the real special-id offset 151643, and its refs."""
     return _require(fixtures_root() / "tokenizer_real_offset")
+
+
+@pytest.fixture(scope="session")
+def hf_fixtures_dir():
+    """The same configuration converted by transformers' converter to its "-hf" layout (public -> public_hf)."""
+    return _require(fixtures_root() / (os.environ.get("EMU3_FIXTURES_CONFIG", "public") + "_hf"))

@@ -1,9 +1,9 @@
-"""Loading vision tokenizer checkpoints: bf16 files, shards, transformers' -hf layout, broken folders."""
+"""Loading vision tokenizer checkpoints: bf16 files, shards, broken folders (transformers' -hf layout: see
+test_hf_checkpoint.py)."""
 
 import glob
 import json
 import os
-import re
 import shutil
 
 import numpy as np
@@ -121,80 +121,6 @@ def test_sharded_checkpoint(tmp_path, model, image_ref):
     assert not os.path.exists(os.path.join(tmp_path, "model.safetensors"))
     loaded = Emu3VisionVQModel.from_pretrained(str(tmp_path))
     _assert_same_outputs(model, loaded, image_ref)
-
-
-# ----------------------------------------------------------------------------- transformers (-hf) layout
-def _to_hf_key(key):
-    """Original key -> transformers Emu3VQVAE key, written from the table in modeling_emu3visionvq's docstring."""
-    key = re.sub(r"^encoder\.down\.(\d+)\.", r"encoder.down_block.down.\1.", key)
-    key = re.sub(r"^decoder\.up\.(\d+)\.", r"decoder.up_block.up.\1.", key)
-    key = re.sub(r"^(encoder|decoder)\.mid\.", r"\1.middle_block.", key)
-    key = re.sub(r"\.attn\.(\d+)\.norm\.", r".attn_norms.\1.", key)
-    key = re.sub(r"\.middle_block\.attn_1\.norm\.", ".middle_block.attn_norm.", key)
-    names = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "proj_out": "out_proj"}
-    return re.sub(r"\.(attn\.\d+|attn_1)\.(q|k|v|proj_out)\.", lambda m: f".{m.group(1)}.{names[m.group(2)]}.", key)
-
-
-def _hf_state(original_state, prefix=""):
-    state = {}
-    for key, arr in original_state.items():
-        hf = _to_hf_key(key)
-        if hf.endswith(("_proj.weight",)):
-            arr = arr.reshape(arr.shape[:2])  # Linear [out, in] instead of a 1x1 conv
-        state[prefix + hf] = np.ascontiguousarray(arr)
-    return state
-
-
-def test_hf_key_mapping_round_trips(original_state):
-    hf_keys = [_to_hf_key(k) for k in original_state]
-    assert any(".q_proj." in k for k in hf_keys) and any(".attn_norms." in k for k in hf_keys)
-    assert any("middle_block.attn_norm." in k for k in hf_keys) and any("up_block.up." in k for k in hf_keys)
-    for key, hf in zip(original_state, hf_keys):
-        assert Emu3VisionVQModel._map_checkpoint_key(hf) == key
-        assert Emu3VisionVQModel._map_checkpoint_key("model.vqmodel." + hf) == key
-        assert Emu3VisionVQModel._map_checkpoint_key(key) == key
-    assert Emu3VisionVQModel._map_checkpoint_key("model.text_model.embed_tokens.weight") is None
-
-
-@pytest.mark.parametrize("prefix", ["", "model.vqmodel."])
-def test_hf_layout_loads_with_identical_outputs(tmp_path, vq_dir, model, original_state, image_ref, prefix):
-    rng = np.random.default_rng(0)
-    # a random perturbation makes a wrong mapping (e.g. q and k swapped) visible
-    perturbed = {
-        k: (v + rng.normal(0, 0.01, v.shape).astype(v.dtype)) if v.dtype == np.float32 and "running_var" not in k else v
-        for k, v in original_state.items()
-    }
-    orig_dir, hf_dir = tmp_path / "orig", tmp_path / "hf"
-    _copy_config(vq_dir, orig_dir)
-    save_file(perturbed, str(orig_dir / "model.safetensors"))
-    with open(os.path.join(vq_dir, "config.json")) as f:
-        cfg = json.load(f)
-    hf_cfg = {
-        "model_type": "emu3_vqgan",
-        "codebook_size": cfg["codebook_size"],
-        "embed_dim": cfg["embed_dim"],
-        "latent_channels": cfg["z_channels"],
-        "double_latent": cfg["double_z"],
-        "in_channels": cfg["in_channels"],
-        "out_channels": cfg["out_channels"],
-        "temporal_downsample_factor": cfg["temporal_downsample_factor"],
-        "base_channels": cfg["ch"],
-        "channel_multiplier": cfg["ch_mult"],
-        "num_res_blocks": cfg["num_res_blocks"],
-        "attn_resolutions": cfg["attn_resolutions"],
-        "hidden_size": cfg["ch"] * cfg["ch_mult"][-1],
-        "num_attention_heads": 1,
-        "attention_dropout": 0.0,
-    }
-    hf_dir.mkdir()
-    (hf_dir / "config.json").write_text(json.dumps(hf_cfg))
-    save_file(_hf_state(perturbed, prefix), str(hf_dir / "model.safetensors"))
-    a = Emu3VisionVQModel.from_pretrained(str(orig_dir))
-    b = Emu3VisionVQModel.from_pretrained(str(hf_dir))
-    assert a.config == b.config
-    x = paddle.to_tensor(image_ref["pixel_values"])
-    np.testing.assert_array_equal(a.encode_to_latent(x).numpy(), b.encode_to_latent(x).numpy())
-    np.testing.assert_array_equal(a.decode(image_ref["codes"]).numpy(), b.decode(image_ref["codes"]).numpy())
 
 
 # ----------------------------------------------------------------------------- broken checkpoints

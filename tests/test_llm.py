@@ -1,7 +1,6 @@
 """Emu3Config and Emu3ForCausalLM against the original's forward references (llm_forward_*.npz) and by construction."""
 
 import json
-import os
 
 import numpy as np
 import paddle
@@ -9,7 +8,7 @@ import pytest
 
 from paddlemix.models.emu3.configuration_emu3 import Emu3Config
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM, Emu3KVCache, rope_inv_freq
-from paddlemix.models.safetensors_io import SafetensorsFile, save_file
+from paddlemix.models.safetensors_io import SafetensorsFile
 
 ATOL = 1e-4
 
@@ -186,53 +185,6 @@ def test_save_load_round_trip(model, tmp_path, fixtures_dir):
     np.testing.assert_array_equal(again(ids).logits.numpy(), model(ids).logits.numpy())
 
 
-def _hf_layout(llm_dir, out_dir, prefix_model, lm_head_key, rope_style="v4"):
-    """The fixture LM rewritten in transformers' -hf layout (plus a vision-tokenizer key that must be ignored).
-
-    rope_style "v4": rope_theta and rope_scaling fields (transformers 4.x); "v5": one rope_parameters dict (5.x).
-    """
-    cfg = json.loads((llm_dir / "config.json").read_text())
-    ids = {k: cfg.pop(k) for k in ("img_token_id", "boi_token_id", "eoi_token_id", "eol_token_id", "eof_token_id")}
-    image_area = cfg.pop("image_area")
-    cfg.pop("model_type")
-    if rope_style == "v5":
-        rope = {"rope_parameters": {"rope_theta": cfg.pop("rope_theta"), "rope_type": "default"}}
-        cfg.pop("rope_scaling")
-    else:
-        rope = {"rope_scaling": {"rope_type": "default"}}
-    text_config = dict(cfg, model_type="emu3_text_model", mlp_bias=False, attention_bias=False, **rope)
-    vocab = {"<|image token|>": ids["img_token_id"], "<|image start|>": ids["boi_token_id"],
-             "<|image end|>": ids["eoi_token_id"], "<|extra_200|>": ids["eol_token_id"],
-             "<|extra_201|>": ids["eof_token_id"], "hello": 5}
-    hf = {"model_type": "emu3", "architectures": ["Emu3ForConditionalGeneration"], "text_config": text_config,
-          "vq_config": {"codebook_size": 64}, "vocabulary_map": vocab}
-    os.makedirs(out_dir, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(hf))
-    tensors = {}
-    with SafetensorsFile(str(llm_dir / "model.safetensors")) as st:
-        for key in st.keys():
-            new = lm_head_key if key == "lm_head.weight" else prefix_model + key[len("model."):]
-            tensors[new] = st.get(key)
-    vq_key = ("model." if prefix_model.startswith("model.") else "") + "vqmodel.quantize.embedding.weight"
-    tensors[vq_key] = np.zeros((4, 4), np.float32)
-    save_file(tensors, str(out_dir / "model.safetensors"), {"format": "pt"})
-    return image_area
-
-
-@pytest.mark.parametrize("prefix,head,rope_style", [("model.text_model.", "lm_head.weight", "v4"),
-                                                    ("text_model.model.", "text_model.lm_head.weight", "v4"),
-                                                    ("model.text_model.", "lm_head.weight", "v5")])
-def test_hf_layout_loads_identically(model, llm_dir, tmp_path, prefix, head, rope_style):
-    image_area = _hf_layout(llm_dir, tmp_path, prefix, head, rope_style)
-    hf = Emu3ForCausalLM.from_pretrained(str(tmp_path))
-    for key in Emu3Config.field_names():
-        if key != "image_area":
-            assert getattr(hf.config, key) == getattr(model.config, key), key
-    assert image_area == model.config.image_area
-    ids = np.arange(12)[None] % model.config.vocab_size
-    np.testing.assert_array_equal(hf(ids).logits.numpy(), model(ids).logits.numpy())
-
-
 def test_forward_bad_inputs(model):
     with pytest.raises(ValueError, match="non-empty"):
         model(np.zeros((1, 0), np.int64))
@@ -259,7 +211,9 @@ def test_long_prefill_in_query_blocks_equals_one_block(model, fixtures_dir, monk
 
 
 def test_hf_config_rope_parameters(llm_dir):
-    """transformers 5.x keeps RoPE in rope_parameters: theta and scaling are read from there, never defaulted."""
+    """transformers 5.x keeps RoPE in rope_parameters: theta and scaling are read from there, never defaulted
+    (the converted fixture folder, test_hf_checkpoint.py, has only the default rope type). transformers 4.x wrote
+    rope_theta plus rope_scaling {"rope_type": "default"}, which means no scaling."""
     cfg = json.loads((llm_dir / "config.json").read_text())
     cfg.pop("rope_theta")
     cfg.pop("rope_scaling")
@@ -269,3 +223,6 @@ def test_hf_config_rope_parameters(llm_dir):
         config = Emu3Config.from_dict(layout)
         assert config.rope_theta == 5000.0
         assert config.rope_scaling == {"type": "linear", "factor": 2.0}
+    v4 = dict(cfg, model_type="emu3_text_model", rope_theta=5000.0, rope_scaling={"rope_type": "default"})
+    config = Emu3Config.from_dict({"model_type": "emu3", "text_config": v4, "vocabulary_map": {}})
+    assert config.rope_theta == 5000.0 and config.rope_scaling is None

@@ -83,7 +83,7 @@ def test_per_row_seeds_make_rows_independent_of_their_batch(fixtures_dir):
     shared = model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], image_size=ref["image_size"],
                             seed=11, **args).numpy()
     assert not np.array_equal(shared[1], both[1])
-    with pytest.raises(ValueError, match="one per row"):
+    with pytest.raises(ValueError, match="per-row seeds"):
         model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], image_size=ref["image_size"],
                        seed=[1, 2, 3], **args)
 
@@ -126,6 +126,43 @@ def test_streamed_chat_gives_the_same_text(client, refs):
     assert "".join(pieces) == answer
     assert sum(1 for p in pieces if p) > 1  # it came in several pieces
     assert finish == "length" and usage.completion_tokens == 16
+
+
+def test_multi_turn_and_multi_image_chat_follow_the_chat_template(client, fixtures_dir, refs):
+    """The server's answer to a conversation (system prompt, earlier turns, two images) equals greedy generate on
+    the processor's rendering of the same conversation."""
+    from paddlemix.models.emu3 import Emu3Processor, Emu3Tokenizer, Emu3VisionVQImageProcessor, Emu3VisionVQModel
+    from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
+
+    _, _, image_a = refs
+    image_b = data_uri(fixtures_dir / "inputs" / "img_b.png")
+    openai_messages = [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi there"},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_a}},
+                                     {"type": "image_url", "image_url": {"url": image_b}},
+                                     {"type": "text", "text": "What differs?"}]},
+    ]
+    result = client.chat.completions.create(model="emu3-chat", messages=openai_messages, temperature=0,
+                                            max_tokens=6)
+    tokenizer = Emu3Tokenizer.from_pretrained(str(fixtures_dir / "tokenizer"))
+    vq_dir = str(fixtures_dir / "vision_tokenizer")
+    processor = Emu3Processor(Emu3VisionVQImageProcessor.from_pretrained(vq_dir),
+                              Emu3VisionVQModel.from_pretrained(vq_dir), tokenizer, image_area=1024)
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "You answer briefly."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hi there"}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "What differs?"}]},
+    ]
+    images = [Image.open(fixtures_dir / "inputs" / name).convert("RGB") for name in ("img_a.png", "img_b.png")]
+    ids = processor.apply_chat_template(messages, tokenize=True, images=images, return_tensors="np")["input_ids"]
+    model = Emu3ForCausalLM.from_pretrained(str(fixtures_dir / "llm"))
+    new = model.generate(ids, max_new_tokens=6, progress=False).numpy()[0, ids.shape[1]:]
+    new = new[: list(new).index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+    assert result.usage.prompt_tokens == ids.shape[1]
+    assert result.choices[0].message.content == tokenizer.decode(new, skip_special_tokens=True)
 
 
 def test_image_progress_streams_as_events(server, refs):

@@ -12,6 +12,7 @@ Checkpoint keys are the original PyTorch ``state_dict()`` names; each model maps
   convolution ``[out, in, 1, 1]``) is reshaped.
 """
 
+import copy
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ import numpy as np
 import paddle
 from paddle import nn
 
+from .. import distributed
+from . import tensor_parallel
 from .configuration_utils import CONFIG_NAME, PretrainedConfig, resolve_model_dir
 from .._cpu_tuning import returning_freed_memory
 from .safetensors_io import CheckpointError, SafetensorsFile, bf16_to_f32, f32_to_bf16, save_file
@@ -100,31 +103,46 @@ def _convert(arr, st_dtype, target):
     return arr.astype(target, copy=False)
 
 
-def _read_tensor(st, key, shape, target, transpose):
+def _read_tensor(st, key, shape, target, transpose, part=None):
     """The checkpoint tensor ``key`` as a contiguous numpy array of ``shape`` in ``target`` (bf16: uint16 bits).
 
     Converted (and, for Linear weights, transposed) in blocks of rows of about 64 MB, releasing each block's mapped
     file pages once copied: loading holds at most the result plus one block, never the whole tensor twice.
+    part: (axis, start, stop) reads only that slice of the checkpoint tensor's axis 0 (rows) or 1 (columns), the
+    tensor-parallel share of one rank; only the rows read are touched.
     """
     src = st.get(key)
     st_dtype = st.dtype(key)
     out = np.empty(shape, dtype=np.uint16 if target == "bfloat16" else np.dtype(target))
     rows = src.reshape(src.shape[0], -1) if src.ndim > 1 else src.reshape(-1, 1)
-    flat = out.reshape(-1, rows.shape[0]) if transpose else out.reshape(rows.shape)
+    first, last, cols = 0, rows.shape[0], slice(None)
+    if part is not None:
+        axis, start, stop = part
+        if axis == 0:
+            first, last = start, stop
+        else:
+            cols = slice(start, stop)
+    width = len(range(*cols.indices(rows.shape[1])))
+    flat = out.reshape(-1, last - first) if transpose else out.reshape(last - first, width)
     row_bytes = max(1, rows.shape[1] * src.itemsize)
     step = max(1, _CHUNK_BYTES // row_bytes)
-    for r0 in range(0, rows.shape[0], step):
-        block = _convert(rows[r0 : r0 + step], st_dtype, target)
+    for r0 in range(first, last, step):
+        r1 = min(r0 + step, last)
+        block = _convert(rows[r0:r1, cols], st_dtype, target)
         if transpose:
-            flat[:, r0 : r0 + step] = block.T
+            flat[:, r0 - first : r1 - first] = block.T
         else:
-            flat[r0 : r0 + step] = block
+            flat[r0 - first : r1 - first] = block
         st.release(key, r0 * row_bytes, (r0 + step) * row_bytes)
     return out
 
 
 class PretrainedModel(nn.Layer):
     config_class = PretrainedConfig
+    # tensor parallelism (``tensor_parallel.py``): the base model's attribute name and the head's plan; None: the
+    # model cannot be split
+    base_model_prefix = "model"
+    _tp_plan = None
 
     def __init__(self, config):
         super().__init__()
@@ -163,26 +181,49 @@ class PretrainedModel(nn.Layer):
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path_or_repo_id, dtype=None, config=None, **config_overrides):
+    def from_pretrained(cls, path_or_repo_id, dtype=None, config=None, tensor_parallel_degree=None,
+                        tensor_parallel_rank=None, **config_overrides):
+        """Load a checkpoint folder (or hub id).
+
+        tensor_parallel_degree / tensor_parallel_rank (models with a tensor-parallel plan): split the model over
+        the launched processes (defaults: PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID, i.e. 1 / 0 outside a launch);
+        the process group is started here unless the caller already did, and each rank reads only its slices.
+        """
         folder = resolve_model_dir(path_or_repo_id, None if config is not None else CONFIG_NAME)
         if config is None:
             config = cls.config_class.from_pretrained(folder, **config_overrides)
+        degree, rank = 1, 0
+        if cls._tp_plan is not None:
+            degree, rank = tensor_parallel.resolve(tensor_parallel_degree, tensor_parallel_rank)
+        elif tensor_parallel_degree not in (None, 1):
+            raise ValueError(f"{cls.__name__} has no tensor-parallel plan: load it with tensor_parallel_degree=1")
+        if degree > 1:
+            config = copy.deepcopy(config)  # the loaded model's config records its degree and rank
+            tensor_parallel.check_degree(config, degree)
+            distributed.init()
+            distributed.check_same(os.path.realpath(folder), "the model path")
         target = resolve_dtype(dtype)
         files = checkpoint_files(folder)
         old = paddle.get_default_dtype()
         paddle.set_default_dtype(target)
+        slices = {}
         try:
             with paddle.LazyGuard():
                 model = cls(config)
+                if degree > 1:
+                    slices = tensor_parallel.apply_tensor_parallel(model, degree, rank)
         finally:
             paddle.set_default_dtype(old)
         with returning_freed_memory():
-            model._load_checkpoint(files, target)
+            model._load_checkpoint(files, target, slices)
         model.eval()
-        logger.info("loaded %s from %s (%s)", cls.__name__, folder, target)
+        logger.info("loaded %s from %s (%s%s)", cls.__name__, folder, target,
+                    f", tensor parallel rank {rank} of {degree}" if degree > 1 else "")
         return model
 
-    def _load_checkpoint(self, files, target):
+    def _load_checkpoint(self, files, target, slices=None):
+        """slices: {parameter name: (checkpoint axis, start, stop, full size)}: read only that part (tensor parallel)."""
+        slices = slices or {}
         state = self.state_dict()
         linear = self._linear_weight_names()
         plan = []  # (file, key, name)
@@ -212,10 +253,13 @@ class PretrainedModel(nn.Layer):
                     shape = st.shape(key)
                     want = list(state[name].shape)
                     expect = want[::-1] if name in linear else want
+                    if name in slices:
+                        expect = list(expect)
+                        expect[slices[name][0]] = slices[name][3]
                     if shape != expect and [s for s in shape if s != 1] != [s for s in expect if s != 1]:
                         mismatched.append(f"{key} ({fname}): checkpoint {shape}, model expects {expect}")
                         continue
-                    plan.append((st, key, name, name in linear))
+                    plan.append((st, key, name, name in linear, slices.get(name)))
             missing = sorted(set(state) - set(seen))
             if missing or unexpected or mismatched:
                 parts = []
@@ -227,10 +271,10 @@ class PretrainedModel(nn.Layer):
                     f"checkpoint does not match {type(self).__name__} "
                     f"({', '.join(os.path.basename(p) for p in files)}):\n" + "\n".join(parts)
                 )
-            for st, key, name, is_linear in plan:
+            for st, key, name, is_linear, part in plan:
                 param = state[name]
                 want = str(param.dtype).replace("paddle.", "")
-                arr = _read_tensor(st, key, list(param.shape), want, is_linear)
+                arr = _read_tensor(st, key, list(param.shape), want, is_linear, part and part[:3])
                 if want == "bfloat16":
                     param.set_value(paddle.to_tensor(arr).view(paddle.bfloat16))
                 else:
@@ -243,6 +287,9 @@ class PretrainedModel(nn.Layer):
     # ---------------------------------------------------------------- saving
     def save_pretrained(self, save_dir, max_shard_size=5 * 1024**3):
         """Write ``config.json`` and safetensors in the original PyTorch layout (sharded above max_shard_size)."""
+        if getattr(self.config, "tensor_parallel_degree", 1) > 1:
+            raise ValueError("save_pretrained of a tensor-parallel model would write one rank's slices: load the "
+                             "model with tensor_parallel_degree=1 to save it")
         os.makedirs(save_dir, exist_ok=True)
         self.config.save_pretrained(save_dir)
         linear = self._linear_weight_names()

@@ -20,12 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..models.emu3.generation_emu3 import grid_length
-from ..models.emu3.processing_emu3 import (
-    STAGE1_CHAT_TEMPLATE,
-    calculate_generate_size,
-    expand_image_placeholders,
-    parse_ratio,
-)
+from ..models.emu3.processing_emu3 import calculate_generate_size, parse_ratio
 from .protocol import ChatCompletionRequest, ImageGenerationRequest, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -68,9 +63,9 @@ class ImageJob:
 
 @dataclass
 class ChatJob:
-    """One answer: the rendered conversation, its decoded images (encoded on the worker) and its token budget."""
+    """One answer: the conversation, its decoded images (encoded on the worker) and its token budget."""
 
-    prompt: str  # the chat template's string, "<image>" marking each image, no bos
+    messages: list  # transformers-style messages, one {"type": "image"} item per image
     images: List[Image.Image]
     prompt_len: int
     max_tokens: int
@@ -375,7 +370,7 @@ class Emu3Engine(Engine):
         for image in images:
             pixels = self.processor.image_processor(image, return_tensors="np")["pixel_values"]
             grids.append(np.zeros((pixels.shape[-2] // f, pixels.shape[-1] // f), np.int64))
-        text = expand_image_placeholders(prompt, [self.processor.image_prompt(g) for g in grids])
+        text = self.processor.expand_image_placeholders(prompt, grids)
         prompt_len = len(self.tokenizer.encode(self.tokenizer.bos_token + text))
         budget = request.token_budget()
         room = config.max_position_embeddings - prompt_len
@@ -389,12 +384,11 @@ class Emu3Engine(Engine):
         max_tokens = min(budget or self.max_tokens, room)
         sampling = request.sampling_params()
         seed = (request.seed if request.seed is not None else random_seed()) if sampling.do_sample else None
-        return ChatJob(prompt, images, prompt_len, max_tokens, seed, sampling)
+        return ChatJob(messages, images, prompt_len, max_tokens, seed, sampling)
 
     def _chat_ids(self, job):
         """The prompt ids [L] of a chat job, its images encoded one by one (no padding across requests)."""
-        inputs = self.processor([job.prompt], [job.images], mode="U", chat_template=STAGE1_CHAT_TEMPLATE,
-                                return_tensors="np")
+        inputs = self.processor.apply_chat_template(job.messages, tokenize=True, images=job.images, return_tensors="np")
         return np.asarray(inputs["input_ids"][0], np.int64)
 
     def _run_chat(self, jobs, context):

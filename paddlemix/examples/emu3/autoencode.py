@@ -8,10 +8,15 @@ Examples:
       --image_path demo_images/emu3_demo.png --output_dir out
   python paddlemix/examples/emu3/autoencode.py --model_path path/to/vision_tokenizer \\
       --image_path folder_of_images --video_path folder_of_frames --output_dir out
+  # transformers' -hf folder (BAAI/Emu3-Gen-hf holds the vision tokenizer too)
+  python paddlemix/examples/emu3/autoencode.py --model_path BAAI/Emu3-Gen-hf --output_dir out
 
 A video is a folder of frame images, read in file-name order and encoded in clips of
 temporal_downsample_factor frames (4 for Emu3), as the original autoencode example does. When the frame count is not
 a multiple of that, the last frame is repeated to fill the last clip; only the real frames are written.
+
+Under ``python -m paddle.distributed.launch --nproc_per_node N`` the images are shared out over the processes (data
+parallel, whatever --parallel says: the vision tokenizer is not split), a video runs on rank 0, and rank 0 prints.
 """
 
 import argparse
@@ -22,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from paddlemix import set_cpu_threads
+from paddlemix.distributed import PARALLEL_HELP, Launch, is_main
 from paddlemix.models.emu3 import Emu3VisionVQImageProcessor, Emu3VisionVQModel
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -47,7 +53,7 @@ def autoencode_image(model, processor, path, output_dir):
     result = processor.postprocess(recon, return_tensors="np")["pixel_values"][0]
     out = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + "_recon.png")
     Image.fromarray(result).save(out)
-    print(f"{path}: codes {list(codes.shape[1:])}, PSNR {psnr(reference, result):.2f} dB -> {out}")
+    return f"{path}: codes {list(codes.shape[1:])}, PSNR {psnr(reference, result):.2f} dB -> {out}"
 
 
 def autoencode_video(model, processor, folder, output_dir):
@@ -89,13 +95,16 @@ def main(argv=None):
     parser.add_argument("--image_path", help="an image file or a folder of images (default: the demo image)")
     parser.add_argument("--video_path", help="a folder of video frames, read in file-name order")
     parser.add_argument("--output_dir", default="autoencode_output", help="where the reconstructions are written")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads (default: every CPU, shared among the processes of a launch)")
+    parser.add_argument("--parallel", choices=["tensor", "data"], help=PARALLEL_HELP)
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="bf16/fp16 need a GPU"
     )
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be positive")
+    launch = Launch("data")  # the vision tokenizer is not split: images are shared out
     set_cpu_threads(args.threads)
     if args.image_path is None and args.video_path is None:
         args.image_path = os.path.normpath(DEFAULT_IMAGE)
@@ -117,13 +126,17 @@ def main(argv=None):
             images = [args.image_path]
         else:
             parser.error(f"--image_path {args.image_path} does not exist")
-        for path in images:
+        lines = []
+        for i in launch.mine(len(images), "images"):  # this process's share of the images
             try:
-                autoencode_image(model, processor, path, args.output_dir)
+                lines.append((i, autoencode_image(model, processor, images[i], args.output_dir), False))
             except ValueError as e:
-                print(f"{path}: skipped ({e})")
-                failures += 1
-    if args.video_path is not None:
+                lines.append((i, f"{images[i]}: skipped ({e})", True))
+        lines = launch.gather(lines)
+        for _, line, _ in sorted(lines):
+            print(line)
+        failures = sum(failed for _, _, failed in lines)
+    if args.video_path is not None and is_main():
         if not os.path.isdir(args.video_path):
             parser.error(f"--video_path {args.video_path} is not a folder of frames")
         autoencode_video(model, processor, args.video_path, args.output_dir)

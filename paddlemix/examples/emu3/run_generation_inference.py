@@ -6,14 +6,23 @@ Examples:
   # a batch with one aspect ratio ("W:H") per prompt, greedy decoding
   python paddlemix/examples/emu3/run_generation_inference.py --model_path DIR --vq_model_path VQ_DIR \\
       --prompt "a portrait of young girl." --ratio 1:1 --prompt "a shiba inu" --ratio 16:9 --greedy
+  # transformers' -hf folder: the vision tokenizer and tokenizer come from it too; its config has no image_area,
+  # so 518400 (720x720, Emu3-Gen's) is used unless --image_area is given
+  python paddlemix/examples/emu3/run_generation_inference.py --model_path BAAI/Emu3-Gen-hf --prompt "a shiba inu"
   # small checkpoints in the fixtures' layout (a folder with llm/, vision_tokenizer/, tokenizer/)
   python paddlemix/examples/emu3/run_generation_inference.py --demo ../shared/fixtures/public --prompt "a cat"
+  # several processes (GPUs): the model split over them (--parallel tensor, the default), or the prompts of a file
+  # shared out (--parallel data); one prompt per line, optionally a tab and its ratio ("a red fox<TAB>16:9")
+  python -m paddle.distributed.launch --nproc_per_node 2 paddlemix/examples/emu3/run_generation_inference.py \
+      --model_path DIR --vq_model_path VQ_DIR --prompts_file prompts.txt --parallel data --seed 0
 
 As the official example, each prompt gets the positive suffix " masterpiece, film grained, best quality."
 (--no_positive_prompt turns it off) and classifier-free guidance (--cfg_scale, 3.0) runs against the official
 negative prompt (--negative_prompt to change it; --negative_prompt "" guides against the prompt's last token, as
 transformers does without a negative prompt). Sampling uses top-k 2048 unless --greedy. One PNG per prompt is
-written to --output_dir and its path printed.
+written to --output_dir and its path printed (emu3_t2i_<i>.png, i the prompt's index, however the prompts were
+shared out). With --seed, prompt i samples from its own stream (seeded by --seed and i), so a prompt gives the same
+image whichever batch or process it runs in.
 """
 
 import argparse
@@ -21,6 +30,8 @@ import os
 import sys
 
 from paddlemix import set_cpu_threads
+from paddlemix.distributed import PARALLEL_HELP, Launch, read_prompts_file
+from paddlemix.models.emu3.hf_layout import resolve_model_paths
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 from paddlemix.models.emu3.image_processing_emu3visionvq import Emu3VisionVQImageProcessor
 from paddlemix.models.emu3.modeling_emu3visionvq import Emu3VisionVQModel
@@ -37,15 +48,18 @@ NEGATIVE_PROMPT = (
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", default="BAAI/Emu3-Gen", help="Emu3 generation model folder or hub id")
-    parser.add_argument("--vq_model_path", default="BAAI/Emu3-VisionTokenizer", help="vision tokenizer folder or hub id")
-    parser.add_argument("--tokenizer_path", help="folder with emu3.tiktoken (default: --model_path)")
+    parser.add_argument("--vq_model_path", help="vision tokenizer folder or hub id (default: --model_path for a "
+                        "transformers -hf folder, else BAAI/Emu3-VisionTokenizer)")
+    parser.add_argument("--tokenizer_path", help="folder with emu3.tiktoken or tokenizer.json (default: --model_path)")
     parser.add_argument("--demo", metavar="DIR",
                         help="a folder with llm/, vision_tokenizer/ and tokenizer/ (the fixtures' layout); "
                              "sets the three paths above")
-    parser.add_argument("--prompt", action="append", required=True, help="a text prompt (repeatable for a batch)")
+    parser.add_argument("--prompt", action="append", help="a text prompt (repeatable for a batch)")
+    parser.add_argument("--prompts_file", help='prompts, one per line, each optionally followed by a tab and its '
+                                               'ratio "W:H" (lines without one take --ratio)')
     parser.add_argument("--ratio", action="append",
                         help='aspect ratio "W:H" (default 1:1); one for all prompts or one per prompt')
-    parser.add_argument("--image_area", type=int, help="pixels of the image (default: the model config's image_area)")
+    parser.add_argument("--image_area", type=int, help="pixels of the image (default: the model config's image_area; 518400 for an -hf folder)")
     parser.add_argument("--height", type=int, help="image height in pixels (with --width, instead of ratio/area)")
     parser.add_argument("--width", type=int, help="image width in pixels (with --height)")
     parser.add_argument("--positive_prompt", default=POSITIVE_PROMPT, help="suffix appended to every prompt")
@@ -61,7 +75,9 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                         help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)")
     parser.add_argument("--output_dir", default="outputs", help="where the PNGs go")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads (default: every CPU, shared among the processes of a launch)")
+    parser.add_argument("--parallel", choices=["tensor", "data"], help=PARALLEL_HELP)
     args = parser.parse_args(argv)
     if args.demo:
         for sub in ("llm", "vision_tokenizer", "tokenizer"):
@@ -70,6 +86,17 @@ def parse_args(argv=None):
         args.model_path = os.path.join(args.demo, "llm")
         args.vq_model_path = os.path.join(args.demo, "vision_tokenizer")
         args.tokenizer_path = os.path.join(args.demo, "tokenizer")
+    if args.prompts_file:
+        if args.prompt or (args.ratio and len(args.ratio) > 1):
+            parser.error("--prompts_file replaces --prompt (and takes at most one --ratio, for lines without one)")
+        try:
+            entries = read_prompts_file(args.prompts_file)
+        except (OSError, ValueError) as e:
+            parser.error(str(e))
+        args.prompt = [prompt for prompt, _ in entries]
+        args.ratio = [ratio or (args.ratio or ["1:1"])[0] for _, ratio in entries]
+    elif not args.prompt:
+        parser.error("give --prompt (repeatable) or --prompts_file")
     if any(not p.strip() for p in args.prompt):
         parser.error("--prompt must not be empty")
     if (args.height is None) != (args.width is None):
@@ -97,16 +124,23 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    launch = Launch(args.parallel)
     set_cpu_threads(args.threads)
-    tokenizer = Emu3Tokenizer.from_pretrained(args.tokenizer_path or args.model_path, padding_side="left")
-    image_processor = Emu3VisionVQImageProcessor.from_pretrained(args.vq_model_path)
-    vision_tokenizer = Emu3VisionVQModel.from_pretrained(args.vq_model_path, dtype=args.dtype)
-    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
+    vq_model_path, tokenizer_path = resolve_model_paths(args.model_path, args.vq_model_path, args.tokenizer_path)
+    tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
+    image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
+    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.dtype)
+    model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype,
+                                            tensor_parallel_degree=launch.tensor_parallel_degree)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
 
     suffix = "" if args.no_positive_prompt else args.positive_prompt
-    texts = [p + suffix for p in args.prompt]
-    ratio = args.ratio if len(args.ratio) > 1 else args.ratio[0]
+    mine = launch.mine(len(args.prompt))  # this process's prompts (data parallel), else all
+    if not len(mine):  # an idle rank of a data-parallel launch with fewer prompts than processes
+        launch.gather([])
+        return 0
+    texts = [args.prompt[i] + suffix for i in mine]
+    ratio = [args.ratio[i] for i in mine] if len(args.ratio) > 1 else args.ratio[0]
     kwargs = dict(mode="G", ratio=ratio, image_area=args.image_area, return_tensors="pd")
     inputs = processor(texts, **kwargs)
     negative = None
@@ -124,19 +158,23 @@ def main(argv=None):
         top_k=args.top_k,
         top_p=args.top_p,
         temperature=args.temperature,
-        seed=args.seed,
+        seed=None if args.seed is None else [[args.seed, i] for i in mine],
         progress=True,
-    )
+    ).numpy()
     os.makedirs(args.output_dir, exist_ok=True)
-    for i, sequence in enumerate(outputs.numpy()):
-        pieces = processor.decode(sequence)
+    lines = []
+    for row in launch.split(range(len(mine))):  # the VQ decode and the writing, shared out over the ranks
+        i = mine[row]
+        pieces = processor.decode(outputs[row])
         images = [p for p in (pieces if isinstance(pieces, list) else [pieces]) if not isinstance(p, str)]
         if not images:
-            print(f"prompt {i}: no image was generated", file=sys.stderr)
+            lines.append((i, f"prompt {i}: no image was generated", True))
             continue
         path = os.path.join(args.output_dir, f"emu3_t2i_{i:02d}.png")
         images[0].save(path)
-        print(f"prompt {i} ({args.prompt[i]!r}): wrote {path}")
+        lines.append((i, f"prompt {i} ({args.prompt[i]!r}): wrote {path}", False))
+    for _, line, failed in sorted(launch.gather(lines)):
+        print(line, file=sys.stderr if failed else sys.stdout)
     return 0
 
 

@@ -1,12 +1,15 @@
+from .chat_session import ChatSession
 from .configuration_emu3 import Emu3Config
 from .configuration_emu3visionvq import Emu3VisionVQConfig
 from .image_processing_emu3visionvq import Emu3VisionVQImageProcessor, smart_resize
 from .modeling_emu3 import Emu3ForCausalLM, Emu3KVCache, Emu3Model
 from .modeling_emu3visionvq import Emu3VisionVQModel
 from .processing_emu3 import Emu3Processor
+from .streaming import TextIteratorStreamer, TextStreamer
 from .tokenization_emu3 import Emu3Tokenizer
 
 __all__ = [
+    "ChatSession",
     "Emu3Config",
     "Emu3ForCausalLM",
     "Emu3KVCache",
@@ -16,5 +19,7 @@ __all__ = [
     "Emu3VisionVQConfig",
     "Emu3VisionVQImageProcessor",
     "Emu3VisionVQModel",
+    "TextIteratorStreamer",
+    "TextStreamer",
     "smart_resize",
 ]

@@ -17,8 +17,9 @@ original's single-turn prompt token for token:
 
 from PIL import Image
 
+from .tokenization_emu3 import IMAGE_PLACEHOLDER
+
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-IMAGE_PLACEHOLDER = "<image>"
 ROLES = ("system", "user", "assistant")
 
 
@@ -53,8 +54,11 @@ def message_parts(message, index):
     return role, images, texts
 
 
-def render_chat(messages, system_prompt=DEFAULT_SYSTEM_PROMPT, add_generation_prompt=True, with_system=True):
-    """The prompt string of a conversation (no bos), ``<image>`` marking each image; see the module docstring.
+def render_chat(
+    messages, system_prompt=DEFAULT_SYSTEM_PROMPT, add_generation_prompt=True, with_system=True,
+    image_token=IMAGE_PLACEHOLDER,
+):
+    """The prompt string of a conversation (no bos), ``image_token`` marking each image; see the module docstring.
 
     ``with_system=False`` renders the turns only (a chat continuing earlier turns). ValueError for a malformed
     message, a system message that is not the first one, or an empty conversation.
@@ -72,7 +76,7 @@ def render_chat(messages, system_prompt=DEFAULT_SYSTEM_PROMPT, add_generation_pr
     out = [system_prompt + " "] if with_system and system_prompt else []
     for role, images, texts in parts:
         if role == "user":
-            out.append("USER: " + IMAGE_PLACEHOLDER * len(images) + " ".join(texts) + ". ")
+            out.append("USER: " + image_token * len(images) + " ".join(texts) + ". ")
         else:
             out.append("ASSISTANT: " + " ".join(texts) + " ")
     if add_generation_prompt:

@@ -18,6 +18,22 @@ class Emu3Config(PretrainedConfig):
 
     model_type = "Emu3"
     model_type_aliases = ("emu3",)
+    # tensor parallelism (``models/tensor_parallel.py``): how the decoder's sublayers split over ranks; heads are
+    # split whole, the vocabulary unevenly when the degree does not divide it
+    base_model_tp_plan = {
+        "embed_tokens": "vocab",
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    # set by from_pretrained(tensor_parallel_degree=, tensor_parallel_rank=) on the loaded model's config (PaddleNLP's
+    # names); not saved
+    tensor_parallel_degree = 1
+    tensor_parallel_rank = 0
 
     def __init__(
         self,
@@ -124,7 +140,8 @@ class Emu3Config(PretrainedConfig):
     def _normalize_dict(cls, d):
         """Accept transformers' ``-hf`` layouts: model_type "emu3" with text_config, vq_config and vocabulary_map, or
         a bare text config (model_type "emu3_text_model"); RoPE as rope_theta/rope_scaling (4.x) or rope_parameters
-        (5.x)."""
+        (5.x). Such configs carry no image_area: it keeps the default 518400 (Emu3-Gen's 720 x 720, also
+        transformers' processor default) unless given, e.g. ``Emu3Config.from_pretrained(path, image_area=...)``."""
         if "text_config" in d:
             text = dict(d["text_config"] or {})
         elif d.get("model_type") == "emu3_text_model":

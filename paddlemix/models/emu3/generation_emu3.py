@@ -31,6 +31,7 @@ import paddle
 from tqdm.auto import tqdm
 
 from ... import ops
+from ...distributed import is_main
 from ..model_utils import on_gpu
 from .modeling_emu3 import Emu3KVCache, additive_mask, to_float32
 
@@ -148,7 +149,7 @@ class _Request:
     grid: Optional[tuple]  # (height [B], width [B], first_offset [B]) for image generation
     steps: int  # decode steps (new tokens at most)
     sampling: Optional[tuple]  # (top_k, top_p, temperature) when sampling
-    seed: object  # None, one int, or one int per row
+    seed: Optional[object]  # an int, one per row, or None
     past: int = 0  # tokens already in past_key_values (a chat's earlier turns)
 
     @property
@@ -203,10 +204,10 @@ def generate(
         and generation ends after the longest grid; prompt + grid beyond max_position_embeddings is an error.
         Without it (default: up to max_position_embeddings) it is capped at max_position_embeddings, with a warning.
     do_sample: sample (top_k, top_p, temperature as transformers' warpers) instead of greedy argmax.
-    seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device). A list
-        of B seeds gives each row its own stream, so a row's result does not depend on the rows batched with it
-        (row i of a batch equals a one-row run with seed[i]).
-    progress: a tqdm bar over the new tokens.
+    seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device); a list
+        of one seed per row (each an int or a sequence of ints) gives each row its own stream, independent of the
+        batch it runs in (data-parallel generation relies on that).
+    progress: a tqdm bar over the new tokens (shown by rank 0 only when launched with several processes).
     past_key_values: an ``Emu3KVCache`` holding the first ``past_key_values.length`` tokens of every row (e.g. the
         earlier turns of a chat); input_ids [B, L] (no padding) continue them, and the cache is filled in place
         (prompt + new tokens but the last). Text generation only: no guidance, no image_size.
@@ -300,6 +301,8 @@ def _validate(config, input_ids, attention_mask, negative_prompt_ids, negative_p
         )
     if do_sample:
         _check_sampling(top_k, top_p, temperature)
+    if isinstance(seed, (list, tuple, np.ndarray)) and len(seed) != batch:
+        raise ValueError(f"seed holds {len(seed)} per-row seeds for {batch} prompts: give one int, or one per prompt")
     return _Request(
         ids, mask, neg_ids, neg_mask, float(guidance_scale) if use_cfg else None, grid, steps,
         (top_k, top_p, temperature) if do_sample else None, seed, past,
@@ -313,16 +316,6 @@ def _guided_batch(req, pad_id):
     ids_c, mask_c = _left_pad(req.ids, req.mask, req.longest, pad_id)
     ids_u, mask_u = _left_pad(req.neg_ids, req.neg_mask, req.longest, pad_id)
     return np.concatenate([ids_c, ids_u]), np.concatenate([mask_c, mask_u])
-
-
-def _seeded_uniforms(seed, steps, batch):
-    """float32 [steps, batch] uniforms: one default_rng(seed) stream over the whole array, or one stream per row."""
-    if np.ndim(seed) == 0:
-        return np.random.default_rng(seed).random((steps, batch), dtype=np.float32)
-    seeds = _int_array(seed, "seed")
-    if seeds.ndim != 1 or seeds.shape[0] != batch:
-        raise ValueError(f"seed must be one integer or a list of {batch} (one per row), got shape {list(seeds.shape)}")
-    return np.stack([np.random.default_rng(int(s)).random(steps, dtype=np.float32) for s in seeds], axis=1)
 
 
 def _plan_steps(model, req):
@@ -339,11 +332,22 @@ def _plan_steps(model, req):
     visual_head = model.lm_head.column_slice(config.first_visual_token_id) if "visual" in kinds else None
     uniforms = None
     if req.sampling is not None:
-        if req.seed is not None:
-            uniforms = paddle.to_tensor(_seeded_uniforms(req.seed, req.steps, req.batch))
-        else:
-            uniforms = paddle.rand([req.steps, req.batch], dtype="float32")
+        uniforms = _uniforms(req.seed, req.steps, req.batch, model.config.tensor_parallel_degree)
     return _Plan(allowed, kinds, visual_head, uniforms)
+
+
+def _uniforms(seed, steps, batch, tp_degree):
+    """The sampling uniforms [steps, batch]: numpy ``default_rng(seed)`` for an int seed; with one seed per row
+    (a list), row b's column is ``default_rng(seed[b]).random(steps)``, so a request samples the same tokens whatever
+    batch it is in; without a seed, ``paddle.rand`` (under tensor parallelism rank 0's, so every rank agrees)."""
+    if seed is None:
+        uniforms = paddle.rand([steps, batch], dtype="float32")
+        if tp_degree > 1:
+            paddle.distributed.broadcast(uniforms, src=0)
+        return uniforms
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        return paddle.to_tensor(np.stack([np.random.default_rng(s).random(steps, dtype=np.float32) for s in seed], 1))
+    return paddle.to_tensor(np.random.default_rng(seed).random((steps, batch), dtype=np.float32))
 
 
 def _prefill(model, req, all_ids, all_mask, past_key_values=None):
@@ -378,7 +382,7 @@ def _decode(model, req, plan, hidden, cache, step_mask, next_pos, progress, stre
     new_tokens = []
     unfinished = paddle.ones([req.batch], dtype="bool")
     pad = paddle.full([req.batch], config.pad_token_id, dtype="int64")
-    bar = tqdm(total=req.steps, desc="Emu3 generate", unit="tok", disable=not progress)
+    bar = tqdm(total=req.steps, desc="Emu3 generate", unit="tok", disable=not (progress and is_main()))
     for step in range(req.steps):
         token = paddle.where(unfinished, _choose(model, req, plan, hidden, step), pad)
         new_tokens.append(token)

@@ -1,4 +1,5 @@
-"""Image processor of the Emu3 vision tokenizer (``preprocessor_config.json``).
+"""Image processor of the Emu3 vision tokenizer (``preprocessor_config.json``, or the ``image_processor`` entry of
+transformers' ``processor_config.json`` in an ``-hf`` folder).
 
 Preprocessing, as the original: convert to RGB with PIL, resize with ``smart_resize`` (multiples of
 ``spatial_factor``, pixel count within ``[min_pixels, max_pixels]``) using PIL's resampling filter, rescale by
@@ -20,7 +21,11 @@ from ..configuration_utils import read_json_object, reject_unknown_fields, resol
 logger = logging.getLogger(__name__)
 
 PREPROCESSOR_NAME = "preprocessor_config.json"
-_META_KEYS = {"image_processor_type", "processor_class", "_processor_class", "auto_map", "size"}
+HF_PROCESSOR_NAME = "processor_config.json"
+# do_pad: transformers pads a batch of differently sized images; here such a batch is an error (see preprocess)
+_META_KEYS = {"image_processor_type", "processor_class", "_processor_class", "auto_map", "size", "do_pad"}
+# transformers 5 spells the pixel bounds size={"shortest_edge": min_pixels, "longest_edge": max_pixels}
+_SIZE_KEYS = {"min_pixels": ("min_pixels", "shortest_edge"), "max_pixels": ("max_pixels", "longest_edge")}
 MAX_ASPECT_RATIO = 5
 
 
@@ -144,19 +149,29 @@ class Emu3VisionVQImageProcessor:
         d = dict(d)
         size = d.get("size")
         if isinstance(size, dict):
-            for key in ("min_pixels", "max_pixels"):
-                if key in size:
-                    d.setdefault(key, size[key])
+            for key, names in _SIZE_KEYS.items():
+                for name in names:
+                    if name in size:
+                        d.setdefault(key, size[name])
         fields = set(cls().to_dict())
         reject_unknown_fields(d, fields, _META_KEYS, cls.__name__, source)
         return cls(**{k: v for k, v in d.items() if k in fields})
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id):
-        """Read ``preprocessor_config.json`` from a folder (or a hub repo id)."""
-        folder = resolve_model_dir(path_or_repo_id, PREPROCESSOR_NAME)
+        """Read ``preprocessor_config.json`` from a folder (or a hub repo id), or else the settings nested under
+        ``image_processor`` in transformers' ``processor_config.json`` (the -hf layout)."""
+        folder = resolve_model_dir(path_or_repo_id)
         path = os.path.join(folder, PREPROCESSOR_NAME)
-        return cls.from_dict(read_json_object(path), source=path)
+        if os.path.isfile(path):
+            return cls.from_dict(read_json_object(path), source=path)
+        hf_path = os.path.join(folder, HF_PROCESSOR_NAME)
+        if not os.path.isfile(hf_path):
+            raise FileNotFoundError(f"{PREPROCESSOR_NAME} (or transformers' {HF_PROCESSOR_NAME}) not found in {folder}")
+        settings = read_json_object(hf_path).get("image_processor")
+        if not isinstance(settings, dict):
+            raise ValueError(f"{hf_path} has no image_processor settings (an object under 'image_processor')")
+        return cls.from_dict(settings, source=f"{hf_path} (image_processor)")
 
     def save_pretrained(self, save_dir):
         os.makedirs(save_dir, exist_ok=True)

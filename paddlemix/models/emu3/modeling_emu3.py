@@ -117,7 +117,9 @@ class Emu3KVCache:
 
     @classmethod
     def for_model(cls, config, batch_size, capacity, dtype):
-        return cls(config.num_hidden_layers, batch_size, capacity, config.num_key_value_heads, config.head_dim, dtype)
+        """The cache of a model; under tensor parallelism, of this rank's KV heads."""
+        kv_heads = config.num_key_value_heads // config.tensor_parallel_degree
+        return cls(config.num_hidden_layers, batch_size, capacity, kv_heads, config.head_dim, dtype)
 
     @property
     def capacity(self):
@@ -311,6 +313,7 @@ class Emu3Model(nn.Layer):
             and attn_mask is not None
             and attn_mask.dtype == paddle.float32
             and self.config.hidden_act == "silu"
+            and self.config.tensor_parallel_degree == 1  # the op runs whole layers: no all-reduce inside it
             and ops.decoder_step_available(hidden)
         )
         all_hidden = []
@@ -353,6 +356,7 @@ def additive_mask(key_mask, q_len, past_len, dtype):
 
 class Emu3ForCausalLM(PretrainedModel):
     config_class = Emu3Config
+    _tp_plan = {"lm_head": "vocab"}  # with config.base_model_tp_plan: see ``from_pretrained(tensor_parallel_degree=)``
 
     def __init__(self, config):
         super().__init__(config)

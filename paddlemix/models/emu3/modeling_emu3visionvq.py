@@ -18,7 +18,7 @@ transformers' ``Emu3VQVAE`` ("-hf") checkpoints load too. Their key layout maps 
 transformers ``Emu3VQVAE`` key                                  original key
 =============================================================  ===============================================
 ``model.vqmodel.<key>`` / ``vqmodel.<key>``                     ``<key>`` (then the rules below)
-``model.text_model.*``, ``lm_head.*``                           dropped (the LM of a full Emu3 -hf checkpoint)
+``text_model.*``, ``model.text_model.*``, ``lm_head.*``         dropped (the LM of a full Emu3 -hf checkpoint)
 ``encoder.down_block.down.<i>.<rest>``                          ``encoder.down.<i>.<rest>``
 ``decoder.up_block.up.<i>.<rest>``                              ``decoder.up.<i>.<rest>``
 ``{encoder,decoder}.middle_block.<rest>``                       ``{encoder,decoder}.mid.<rest>``
@@ -455,7 +455,7 @@ class Emu3VisionVQModel(PretrainedModel):
                 key = key[len(prefix):]
                 break
         else:
-            if key.startswith(("model.text_model.", "lm_head.")):
+            if key.startswith(("text_model.", "model.text_model.", "lm_head.")):
                 return None
         for pattern, replacement in _HF_KEY_RULES:
             key = pattern.sub(replacement, key)

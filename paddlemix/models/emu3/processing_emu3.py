@@ -8,8 +8,12 @@ import re
 import numpy as np
 from PIL import Image
 
-from .chat_template import DEFAULT_SYSTEM_PROMPT, IMAGE_PLACEHOLDER, chat_images, render_chat
-from .tokenization_emu3 import BatchEncoding, ids_to_array, to_tensor
+from .chat_template import DEFAULT_SYSTEM_PROMPT, chat_images, render_chat
+from .configuration_emu3 import Emu3Config
+from .hf_layout import resolve_model_paths
+from .image_processing_emu3visionvq import Emu3VisionVQImageProcessor
+from .modeling_emu3visionvq import Emu3VisionVQModel
+from .tokenization_emu3 import BatchEncoding, Emu3Tokenizer, ids_to_array, to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +50,6 @@ def calculate_generate_size(ratio, image_area, spatial_factor):
             f"(spatial factor {spatial_factor}); use a larger image_area or a less extreme ratio"
         )
     return th, tw
-
-
-def expand_image_placeholders(text, image_prompts):
-    """``text`` with its ``<image>`` placeholders replaced in order by ``image_prompts`` (one each)."""
-    pieces = text.split(IMAGE_PLACEHOLDER)
-    if len(pieces) - 1 != len(image_prompts):
-        raise ValueError(f"{len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but {len(image_prompts)} images")
-    return pieces[0] + "".join(p + rest for p, rest in zip(image_prompts, pieces[1:]))
 
 
 class Emu3Processor:
@@ -110,6 +106,25 @@ class Emu3Processor:
             re.escape(prefix_template).replace(r"\{H\}", r"(?P<H>\d+)").replace(r"\{W\}", r"(?P<W>\d+)")
         )
 
+    @classmethod
+    def from_pretrained(cls, model_path, vq_model_path=None, tokenizer_path=None, image_area=None, dtype=None):
+        """Image processor, vision tokenizer and tokenizer of one model.
+
+        An ``-hf`` folder (transformers' layout) holds all three; for the original layout the tokenizer comes from
+        ``model_path`` (``BAAI/Emu3-Gen``) and the vision tokenizer from ``vq_model_path`` (default
+        ``BAAI/Emu3-VisionTokenizer``). ``image_area`` defaults to the model config's (518400 for an -hf config,
+        which has none; see ``hf_layout``). ``dtype`` is the vision tokenizer's.
+        """
+        vq_model_path, tokenizer_path = resolve_model_paths(model_path, vq_model_path, tokenizer_path)
+        if image_area is None:
+            image_area = Emu3Config.from_pretrained(model_path).image_area
+        return cls(
+            Emu3VisionVQImageProcessor.from_pretrained(vq_model_path),
+            Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=dtype),
+            Emu3Tokenizer.from_pretrained(tokenizer_path),
+            image_area=image_area,
+        )
+
     def __call__(
         self,
         text,
@@ -138,6 +153,9 @@ class Emu3Processor:
             text, image, mode=mode, ratio=ratio, image_area=image_area, padding_image=padding_image,
             chat_template=chat_template,
         )
+        return self._tokenize(prompts, sizes, return_tensors, padding, return_token_type_ids, **tokenizer_kwargs)
+
+    def _tokenize(self, prompts, sizes, return_tensors, padding, return_token_type_ids, **tokenizer_kwargs):
         inputs = self.tokenizer(
             prompts,
             padding=padding,
@@ -157,12 +175,12 @@ class Emu3Processor:
         grid for ``ratio`` ("W:H"; one string for all prompts or one per prompt) and ``image_area`` (default: the
         processor's ``image_area``), rounded half to even as the original.
         Mode "U" (understanding): ``bos + chat_template`` (default: the processor's; ``STAGE1_CHAT_TEMPLATE`` for
-        Emu3-Stage1) with ``{text_prompt}`` the text and ``{image_prompt}`` the image's tokens
-        ``boi + "{h}*{w}" + img + rows of visual tokens joined by eol + eol + eof + eoi`` (``image_prompt``).
-        ``image`` holds one entry per text: a PIL image (the original's case: it goes to ``{image_prompt}``), None
-        (a text-only question: empty image prompt), or a list of PIL images, one per ``<image>`` placeholder in the
-        text, each replaced in order by that image's tokens, as transformers' processor. ``image=None`` makes every
-        row text-only. The grid of a row is that of its first image ((0, 0) for a text-only row).
+        Emu3-Stage1) with ``{text_prompt}`` the text and ``{image_prompt}`` the image prompt (``image_prompt``:
+        ``boi + "{h}*{w}" + img + rows of visual tokens joined by eol + eol + eof + eoi``); one PIL image per text,
+        or ``image=None`` for text-only questions (empty image prompt, grid (0, 0)).
+        Texts holding ``<image>`` placeholders (transformers' style, e.g. from ``apply_chat_template``) are whole
+        prompts: ``bos + text`` with each placeholder replaced by the image prompt of the next image (``image`` lists
+        the images of all texts in order; see ``expand_image_placeholders``); a row's grid is its first image's.
         ``padding_image`` pads images of different sizes to a common size before encoding them as one batch
         (the original's behaviour, which changes codes near the padded border); see ``tokenize_image``.
 
@@ -192,24 +210,32 @@ class Emu3Processor:
                     tok.bos_token + text_prompt + tok.boi_token + self.prefix_template.format(H=h, W=w) + tok.img_token
                 )
                 sizes.append((h, w))
+        elif any(tok.image_token in t for t in texts):
+            counts = [t.count(tok.image_token) for t in texts]
+            if not all(counts):
+                raise ValueError(f"either every text holds {tok.image_token} placeholders or none does; got {counts}")
+            images = self._check_images(image, sum(counts), per="placeholder")
+            grids = self.tokenize_image(images, padding_image=padding_image)
+            for text_prompt, end in zip(texts, np.cumsum(counts)):
+                own = grids[end - text_prompt.count(tok.image_token): end]
+                prompts.append(tok.bos_token + self.expand_image_placeholders(text_prompt, own))
+                sizes.append(own[0].shape)
         else:
             template = self.chat_template if chat_template is None else chat_template
-            rows = self._check_images(image, texts)
-            grids = iter(self.tokenize_image([im for row in rows for im in row], padding_image=padding_image))
-            for text_prompt, row in zip(texts, rows):
-                codes = [next(grids) for _ in row]
-                image_prompt = ""
-                if IMAGE_PLACEHOLDER in text_prompt:
-                    text_prompt = expand_image_placeholders(text_prompt, [self.image_prompt(c) for c in codes])
-                elif codes:
-                    image_prompt = self.image_prompt(codes[0])
+            if image is None:  # text-only questions
+                images, grids = [None] * len(texts), [np.zeros((0, 0), np.int64)] * len(texts)
+            else:
+                images = self._check_images(image, len(texts))
+                grids = self.tokenize_image(images, padding_image=padding_image)
+            for text_prompt, im, codes in zip(texts, images, grids):
+                image_prompt = self.image_prompt(codes) if im is not None else ""
                 prompts.append(tok.bos_token + template.format(image_prompt=image_prompt, text_prompt=text_prompt))
-                sizes.append(codes[0].shape if codes else (0, 0))
+                sizes.append(codes.shape)
         return prompts, sizes
 
     def image_prompt(self, codes):
-        """The tokens (as text) of one image's code grid ``[h, w]`` in a prompt:
-        ``boi + "{h}*{w}" + img + rows joined by eol + eol + eof + eoi``."""
+        """The prompt text of one image's code grid ``[h, w]``: ``boi + "{h}*{w}" + img + rows of visual tokens
+        joined by eol + eol + eof + eoi``."""
         tok = self.tokenizer
         h, w = np.shape(codes)
         return (
@@ -221,6 +247,21 @@ class Emu3Processor:
             + tok.eof_token
             + tok.eoi_token
         )
+
+    def expand_image_placeholders(self, text, grids):
+        """``text`` with its ``<image>`` placeholders (transformers' style; ``tokenizer.image_token``) replaced, in
+        order, by the image prompts of ``grids`` (one code grid per placeholder).
+
+        transformers expands each placeholder to ``h * (w + 1)`` ``<image>`` tokens that its model replaces by the
+        codes; the ids the model sees are those of this text, so prompts match the original's ids exactly.
+        """
+        parts = text.split(self.tokenizer.image_token)
+        if len(parts) - 1 != len(grids):
+            raise ValueError(
+                f"the text holds {len(parts) - 1} {self.tokenizer.image_token} placeholders for {len(grids)} images: "
+                "give one placeholder per image"
+            )
+        return parts[0] + "".join(self.image_prompt(g) + part for g, part in zip(grids, parts[1:]))
 
     @staticmethod
     def _check_texts(text, allow_empty=False):
@@ -235,33 +276,15 @@ class Emu3Processor:
         return list(texts)
 
     @staticmethod
-    def _check_images(image, texts):
-        """The images of each text (a list per text; see ``build_prompts``), checked against its placeholders."""
+    def _check_images(image, n_wanted, per="text"):
         if image is None:
-            image = [None] * len(texts)
-        entries = [image] if isinstance(image, Image.Image) else image
-        if not isinstance(entries, (list, tuple)):
-            raise ValueError("image must be a PIL.Image.Image or a list with one entry per text")
-        if len(entries) != len(texts):
-            raise ValueError(
-                f"got {len(entries)} images for {len(texts)} texts: pass exactly one entry per text (a PIL image, "
-                "None, or a list of images, one per <image> placeholder)"
-            )
-        rows = []
-        for i, (text, entry) in enumerate(zip(texts, entries)):
-            row = [] if entry is None else [entry] if isinstance(entry, Image.Image) else entry
-            if not isinstance(row, (list, tuple)) or not all(isinstance(im, Image.Image) for im in row):
-                raise ValueError(f"image[{i}] must be a PIL.Image.Image, None or a list of PIL images")
-            placeholders = text.count(IMAGE_PLACEHOLDER)
-            if placeholders != len(row) and not (placeholders == 0 and len(row) == 1):
-                raise ValueError(
-                    f"text[{i}] has {placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(row)} images were "
-                    "given: pass one image per placeholder (or one image and no placeholder)"
-                )
-            if not text and not row:
-                raise ValueError(f"text[{i}] is an empty prompt with no image")
-            rows.append(list(row))
-        return rows
+            raise ValueError(f"mode 'U' (understanding) needs an image: pass one PIL image per {per}")
+        images = [image] if isinstance(image, Image.Image) else image
+        if not isinstance(images, (list, tuple)) or not all(isinstance(im, Image.Image) for im in images):
+            raise ValueError("image must be a PIL.Image.Image or a list of them")
+        if len(images) != n_wanted:
+            raise ValueError(f"got {len(images)} images for {n_wanted} {per}s: pass exactly one image per {per}")
+        return list(images)
 
     def apply_chat_template(
         self,
@@ -272,6 +295,8 @@ class Emu3Processor:
         system_prompt=DEFAULT_SYSTEM_PROMPT,
         padding_image=False,
         return_tensors="pd",
+        padding="longest",
+        return_token_type_ids=False,
         **tokenizer_kwargs,
     ):
         """Render transformers-style messages in the Emu3-Chat format (see ``chat_template.py``).
@@ -281,16 +306,20 @@ class Emu3Processor:
         used when a conversation has no system message (None or "": no system prompt). A single turn with the
         default system prompt gives the original's prompt token for token.
 
-        With ``tokenize=False`` (transformers' default) the prompt string(s), ``<image>`` marking each image, no bos:
-        pass them to ``processor(prompts, images, mode="U", chat_template=STAGE1_CHAT_TEMPLATE)``. With
-        ``tokenize=True`` the inputs of ``processor(...)``: the images are the image items' ``"image"`` entries (PIL),
-        or else ``images`` (a list of PIL images for one conversation, one list per conversation for a batch).
+        With ``tokenize=False`` (transformers' default) the prompt string(s), ``<image>`` marking each image, no bos
+        (``processor(prompts, images, mode="U")`` takes them as whole prompts). With ``tokenize=True`` the model
+        inputs as ``processor(...)`` returns them (bos, every image's tokens in place of its ``<image>``; a row's
+        ``image_size`` is its first image's grid, (0, 0) without one); the images are the image items' ``"image"``
+        entries (PIL), or else ``images`` (a list of PIL images for one conversation, one list per conversation for
+        a batch), encoded in one ``tokenize_image`` call (``padding_image`` as there).
         """
         batched = isinstance(conversation, (list, tuple)) and bool(conversation) and isinstance(
             conversation[0], (list, tuple)
         )
         conversations = list(conversation) if batched else [conversation]
-        prompts = [render_chat(c, system_prompt, add_generation_prompt) for c in conversations]
+        tok = self.tokenizer
+        prompts = [render_chat(c, system_prompt, add_generation_prompt, image_token=tok.image_token)
+                   for c in conversations]
         if not tokenize:
             return prompts if batched else prompts[0]
         rows = [chat_images(c) for c in conversations]
@@ -305,15 +334,16 @@ class Emu3Processor:
             raise ValueError(f"images: got {len(rows)} lists for {len(conversations)} conversations")
         rows = [[r] if isinstance(r, Image.Image) else r for r in rows]
         for i, (prompt, row) in enumerate(zip(prompts, rows)):
-            if not isinstance(row, (list, tuple)) or prompt.count(IMAGE_PLACEHOLDER) != len(row):
-                raise ValueError(
-                    f"conversation {i} has {prompt.count(IMAGE_PLACEHOLDER)} images but "
-                    f"{len(row) if isinstance(row, (list, tuple)) else row!r} were given"
-                )
-        return self(
-            prompts, rows, mode="U", padding_image=padding_image, chat_template=STAGE1_CHAT_TEMPLATE,
-            return_tensors=return_tensors, **tokenizer_kwargs,
-        )
+            n = prompt.count(tok.image_token)
+            if not isinstance(row, (list, tuple)) or n != len(row) or not all(isinstance(im, Image.Image) for im in row):
+                raise ValueError(f"conversation {i} has {n} images: give a list of {n} PIL images for it")
+        grids = iter(self.tokenize_image([im for row in rows for im in row], padding_image=padding_image))
+        full, sizes = [], []
+        for prompt, row in zip(prompts, rows):
+            own = [next(grids) for _ in row]
+            full.append(tok.bos_token + self.expand_image_placeholders(prompt, own))
+            sizes.append(own[0].shape if own else (0, 0))
+        return self._tokenize(full, sizes, return_tensors, padding, return_token_type_ids, **tokenizer_kwargs)
 
     def codes_to_string(self, codes):
         """The visual-token text of a code grid ``[h, w]``: each row's tokens, rows joined by eol."""
