@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from PIL import Image
 from serving_helpers import ServerThread, png_array
 
 from paddlemix.models.emu3 import Emu3Tokenizer
@@ -52,8 +53,6 @@ class FakeEngine(Engine):
         for j, job in enumerate(jobs):
             context.progress(j, 1, 1)
             if job.kind == "image":
-                from PIL import Image
-
                 image = Image.new("RGB", (4, 4), (len(job.payload), 0, 0))
                 results.append([png_bytes(image)] * job.rows)
             else:
