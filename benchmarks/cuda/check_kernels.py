@@ -272,11 +272,47 @@ CFG_CASES = [  # batch, vocab, allowed, scale, top_k, top_p, temperature, sampli
 ]
 
 
+def exact_pick(cond, uncond, scale, allowed, top_k, top_p, temperature, random, row, token):
+    """Whether `token` is row's inverse-CDF pick in float64 (the draw within 1e-6 of the token's CDF interval), with
+    the steps of np_cfg_sample. On the tie-heavy cases (about 30000 kept scores, most of them tiny) the float32
+    reference's sequential cumsum drifts by up to ~2e-3 of the CDF (measured on an H200, 2026-12-02: the kernel's
+    token sat inside its float64 interval in every such mismatch, for f32, bf16 and f16 alike), so a sampled token
+    that differs from the float32 reference passes when exact arithmetic picks it."""
+
+    def log_softmax(x):
+        x = x.astype(np.float64) - x.max()
+        return x - np.log(np.exp(x).sum())
+
+    s = log_softmax(cond[row])
+    if uncond is not None and scale != 1:
+        u = log_softmax(uncond[row])
+        s = scale * (s - u) + u
+    if allowed is not None:
+        keep = np.zeros(s.shape, bool)
+        keep[allowed[row][0] : allowed[row][1]] = True
+        s = np.where(keep, s, -np.inf)
+    if temperature != 1:
+        s = s / temperature
+    if top_k:
+        s = np.where(s < np.sort(s)[::-1][min(top_k, s.size) - 1], -np.inf, s)
+    if top_p < 1:
+        order = np.argsort(s, kind="stable")
+        ps = np.exp(s[order] - s.max())
+        drop = np.cumsum(ps / ps.sum()) <= 1 - top_p
+        drop[-1] = False
+        s = s.copy()
+        s[order[drop]] = -np.inf
+    p = np.exp(s - s.max())
+    cdf = np.cumsum(p / p.sum())
+    lo = cdf[token - 1] if token > 0 else 0.0
+    return p[token] > 0 and lo - 1e-6 <= float(random[row]) <= cdf[token] + 1e-6
+
+
 def run_cfg(mod, bw, rng):
-    for dtype in ("f32", "bf16"):
+    for dtype in ("f32", "bf16", "f16"):
         for case in CFG_CASES:
             b, v, allowed, scale, top_k, top_p, temp, sampling, decimals = case
-            mism, draws = 0, 0
+            mism, draws, exact = 0, 0, 0
             for rep in range(4 if sampling else 1):
                 cond = (rng.standard_normal((b, v)) * 3).astype(F32)
                 uncond = (rng.standard_normal((b, v)) * 3).astype(F32) if scale is not None else None
@@ -292,15 +328,20 @@ def run_cfg(mod, bw, rng):
                                       al, random, scale, top_k, top_p, temp)
                 run()
                 got = cp.asnumpy(out)
-                mism += int((got != ref).sum())
+                for row in np.flatnonzero(got != ref):
+                    if sampling and exact_pick(cond, uncond, scale, al, top_k, top_p, temp, random, row, got[row]):
+                        exact += 1
+                    else:
+                        mism += 1
                 draws += b
             label = (f"cfg_sample {dtype} B={b} V={v} allowed={'yes' if allowed else 'no'} scale={scale} "
                      f"top_k={top_k} top_p={top_p} T={temp} {'sample' if sampling else 'greedy'}"
                      f"{f' ties (rounded to {decimals} decimals)' if decimals is not None else ''}")
-            check(label, mism == 0, f"{mism}/{draws} token mismatches")
+            note = f" ({exact} differ from the float32 reference, each the float64 pick)" if exact else ""
+            check(label, mism == 0, f"{mism}/{draws} token mismatches{note}")
     b, v = 2, 184622
     allowed = np.array([(151854, 151854 + 32768)] * b, np.int64)
-    for dtype in ("f32", "bf16"):
+    for dtype in ("f32", "bf16", "f16"):
         cond = _cast_dev(dtype, cp.random.standard_normal((b, v), dtype=cp.float32) * 3)
         uncond = _cast_dev(dtype, cp.random.standard_normal((b, v), dtype=cp.float32) * 3)
         for label, top_k, top_p, temp, random in (

@@ -20,6 +20,9 @@ std::vector<paddle::Tensor> CfgSampleForward(const paddle::Tensor& cond, const p
            "paddlemix_ops.cfg_sample: allowed must be int64 [B, 2]");
   PD_CHECK(random.numel() == b && random.dtype() == paddle::DataType::FLOAT32,
            "paddlemix_ops.cfg_sample: random must be float32 [B]");
+  PMX_CHECK_SAME_PLACE("cfg_sample", cond, uncond);
+  PMX_CHECK_SAME_PLACE("cfg_sample", cond, allowed);
+  PMX_CHECK_SAME_PLACE("cfg_sample", cond, random);
   auto out = paddle::empty({b}, paddle::DataType::INT64, cond.place());
   if (cond.is_cpu()) {
     PMX_CHECK_CPU_F32(cond, "logits");
@@ -34,8 +37,11 @@ std::vector<paddle::Tensor> CfgSampleForward(const paddle::Tensor& cond, const p
                          temperature};
     auto ws = paddle::empty({static_cast<int64_t>(pmx::cfg_sample_workspace_bytes(b, v))}, paddle::DataType::UINT8,
                             cond.place());
-    pmx::cfg_sample_cuda(cond.data(), uncond.data(), allowed.data<int64_t>(), random.data<float>(),
-                         out.data<int64_t>(), a, pmx_cuda_dtype(cond), ws.data(), cond.stream());
+    const int status =
+        pmx::cfg_sample_cuda(cond.data(), uncond.data(), allowed.data<int64_t>(), random.data<float>(),
+                             out.data<int64_t>(), a, pmx_cuda_dtype(cond), ws.data(), pmx_device(cond),
+                             pmx_stream(cond));
+    PMX_CHECK_LAUNCH(status, "cfg_sample");
 #else
     PMX_NO_CUDA("cfg_sample");
 #endif

@@ -11,6 +11,7 @@ std::vector<paddle::Tensor> RmsNormForward(const paddle::Tensor& x, const paddle
   PD_CHECK(weight.numel() == hidden, "paddlemix_ops.rms_norm: weight has ", weight.numel(),
            " elements but the last axis of x has ", hidden);
   PD_CHECK(weight.dtype() == x.dtype(), "paddlemix_ops.rms_norm: weight and x must have the same dtype");
+  PMX_CHECK_SAME_PLACE("rms_norm", x, weight);
   const int64_t rows = hidden > 0 ? x.numel() / hidden : 0;
   auto y = paddle::empty(x.shape(), x.dtype(), x.place());
   if (x.is_cpu()) {
@@ -18,7 +19,9 @@ std::vector<paddle::Tensor> RmsNormForward(const paddle::Tensor& x, const paddle
     pmx::rms_norm_cpu(x.data<float>(), weight.data<float>(), y.data<float>(), rows, hidden, eps);
   } else {
 #ifdef PADDLEMIX_WITH_CUDA
-    pmx::rms_norm_cuda(x.data(), weight.data(), y.data(), rows, hidden, eps, pmx_cuda_dtype(x), x.stream());
+    const int status = pmx::rms_norm_cuda(x.data(), weight.data(), y.data(), rows, hidden, eps, pmx_cuda_dtype(x),
+                                          pmx_device(x), pmx_stream(x));
+    PMX_CHECK_LAUNCH(status, "rms_norm");
 #else
     PMX_NO_CUDA("rms_norm");
 #endif

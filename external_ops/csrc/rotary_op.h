@@ -18,6 +18,9 @@ std::vector<paddle::Tensor> RotaryForward(const paddle::Tensor& q, const paddle:
            "paddlemix_ops.rotary_embedding: position_ids must be int64 [B, L]");
   PD_CHECK(inv_freq.dtype() == paddle::DataType::FLOAT32, "paddlemix_ops.rotary_embedding: inv_freq must be float32");
   PD_CHECK(k.dtype() == q.dtype(), "paddlemix_ops.rotary_embedding: q and k must have the same dtype");
+  PMX_CHECK_SAME_PLACE("rotary_embedding", q, k);
+  PMX_CHECK_SAME_PLACE("rotary_embedding", q, pos);
+  PMX_CHECK_SAME_PLACE("rotary_embedding", q, inv_freq);
   auto qo = paddle::empty(q.shape(), q.dtype(), q.place());
   auto ko = paddle::empty(k.shape(), k.dtype(), k.place());
   if (q.is_cpu()) {
@@ -26,8 +29,10 @@ std::vector<paddle::Tensor> RotaryForward(const paddle::Tensor& q, const paddle:
                               qo.data<float>(), ko.data<float>(), b, l, hq, hk, d);
   } else {
 #ifdef PADDLEMIX_WITH_CUDA
-    pmx::rotary_embedding_cuda(q.data(), k.data(), pos.data<int64_t>(), inv_freq.data<float>(), qo.data(), ko.data(),
-                               b * l, hq, hk, d, pmx_cuda_dtype(q), q.stream());
+    const int status =
+        pmx::rotary_embedding_cuda(q.data(), k.data(), pos.data<int64_t>(), inv_freq.data<float>(), qo.data(),
+                                   ko.data(), b * l, hq, hk, d, pmx_cuda_dtype(q), pmx_device(q), pmx_stream(q));
+    PMX_CHECK_LAUNCH(status, "rotary_embedding");
 #else
     PMX_NO_CUDA("rotary_embedding");
 #endif

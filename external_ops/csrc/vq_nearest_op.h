@@ -13,6 +13,7 @@ std::vector<paddle::Tensor> VqNearestForward(const paddle::Tensor& z, const padd
            "paddlemix_ops.vq_nearest: latents and codebook must be float32");
   const int64_t n = z.shape()[0], k = codebook.shape()[0], c = z.shape()[1];
   PD_CHECK(k > 0 && c > 0, "paddlemix_ops.vq_nearest: empty codebook");
+  PMX_CHECK_SAME_PLACE("vq_nearest", z, codebook);
   auto out = paddle::empty({n}, paddle::DataType::INT64, z.place());
   if (z.is_cpu()) {
     pmx::vq_nearest_cpu(z.data<float>(), codebook.data<float>(), out.data<int64_t>(), n, k, c);
@@ -20,7 +21,9 @@ std::vector<paddle::Tensor> VqNearestForward(const paddle::Tensor& z, const padd
 #ifdef PADDLEMIX_WITH_CUDA
     auto ws = paddle::empty({static_cast<int64_t>(pmx::vq_nearest_workspace_bytes(n, k))}, paddle::DataType::UINT8,
                             z.place());
-    pmx::vq_nearest_cuda(z.data<float>(), codebook.data<float>(), out.data<int64_t>(), n, k, c, ws.data(), z.stream());
+    const int status = pmx::vq_nearest_cuda(z.data<float>(), codebook.data<float>(), out.data<int64_t>(), n, k, c,
+                                            ws.data(), pmx_device(z), pmx_stream(z));
+    PMX_CHECK_LAUNCH(status, "vq_nearest");
 #else
     PMX_NO_CUDA("vq_nearest");
 #endif

@@ -172,7 +172,7 @@ def masked_softmax_(scores, mask, scale):
     """softmax(scores * scale + mask) over the last axis of attention scores [B, H, R, S], in place where it can
     (returns the probabilities, float32). mask: None, [B or 1, 1, L, S] broadcast over the heads and the R / L query
     groups of each head, or [B, H, R, S]. On CPU float32 the extension does it in one pass over the scores; the
-    fallback is Paddle's scale_, add_ and softmax_."""
+    fallback is Paddle's scale_, add_ and softmax_ (half-precision scores are masked in float32)."""
     tensors = [scores] if mask is None else [scores, mask]
     if scores.ndim == 4 and scores.is_contiguous() and _use_ext("masked_softmax", tensors, tensors):
         if mask is not None and not mask.is_contiguous():

@@ -58,16 +58,24 @@ def masked_softmax_(scores, mask, scale):
     """softmax(scores * scale + mask) over the last axis, in float32 (the scores are scaled and masked in place).
 
     scores [B, H, R, S]; mask: None, [B or 1, 1, L, S] (broadcast over the heads and over the R / L query groups of
-    each head: rows are ordered group-major, query-minor) or [B, H, R, S]."""
+    each head: rows are ordered group-major, query-minor) or [B, H, R, S].
+
+    Half-precision scores are scaled in their own dtype (as the original divides them), then the mask is added to
+    them in float32: in float16, ``finfo.min + score`` rounds to -inf for any score below -16, and a row whose every
+    key is masked would give NaN, which the next layers spread. float32 scores take no extra step."""
     scores = scores.scale_(scale)
+    if scores.dtype != paddle.float32:
+        scores = scores.astype("float32")
     if mask is not None:
+        if mask.dtype != paddle.float32:
+            mask = mask.astype("float32")
         if mask.shape[1] != 1:
             scores.add_(mask)
         else:
             b, h, r, s = scores.shape
             length = mask.shape[2]
             scores.reshape([b, h * r // length, length, s]).add_(mask)
-    return F.softmax_(scores if scores.dtype == paddle.float32 else scores.astype("float32"), axis=-1)
+    return F.softmax_(scores, axis=-1)
 
 
 def linear(x, weight):

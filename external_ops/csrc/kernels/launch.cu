@@ -2,29 +2,63 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "launch.h"
 #include "ops.cuh"
 
+// returns the error of a CUDA call (or of the launch just before, for cudaGetLastError()) to the binding
+#define PMX_RETURN_IF_ERROR(expr)                  \
+  do {                                             \
+    const cudaError_t pmx_err_ = (expr);           \
+    if (pmx_err_ != cudaSuccess) return pmx_err_;  \
+  } while (0)
+
 namespace pmx {
 namespace {
+
+// Makes `device` the current device for the launches (kernels run on the current device, which need not be the
+// tensors' one), and restores the caller's device on the way out.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    status_ = cudaGetDevice(&previous_);
+    if (status_ == cudaSuccess && previous_ != device) status_ = cudaSetDevice(device);
+    switched_ = status_ == cudaSuccess && previous_ != device;
+  }
+  ~DeviceGuard() {
+    if (switched_) cudaSetDevice(previous_);
+  }
+  cudaError_t status() const { return status_; }
+
+ private:
+  int previous_ = 0;
+  bool switched_ = false;
+  cudaError_t status_;
+};
 
 // about 2048 logits per stats block: 91 blocks per row at Emu3's vocabulary
 int cfg_chunks(int64_t vocab) { return static_cast<int>(std::min<int64_t>(256, (vocab + 2047) / 2048)); }
 
 // dynamic shared memory for cfg_select's score cache: up to 160 KiB where the card allows it, leaving 16 KiB for
-// the kernel's static shared memory (set once per kernel)
-template <typename Kernel>
-int cfg_cache_floats(Kernel kernel, int* cached) {
-  if (*cached < 0) {
-    int dev = 0, optin = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+// the kernel's static shared memory. A kernel's attribute belongs to one device (its context), so it is set once
+// per kernel and device, with that device current (the DeviceGuard of the launch).
+cudaError_t cfg_cache_floats(const void* kernel, int device, int* floats) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> done;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = done.find({kernel, device});
+  if (it == done.end()) {
+    int optin = 0;
+    PMX_RETURN_IF_ERROR(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     const int bytes = std::max(0, std::min(optin - 16 * 1024, 160 * 1024));
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    *cached = bytes / 4;
+    PMX_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    it = done.emplace(std::make_pair(kernel, device), bytes / 4).first;
   }
-  return *cached;
+  *floats = it->second;
+  return cudaSuccess;
 }
 
 int vq_segments(int64_t n, int64_t k) {
@@ -37,8 +71,13 @@ int vq_segments(int64_t n, int64_t k) {
 
 }  // namespace
 
-void rms_norm_cuda(const void* x, const void* w, void* y, int64_t rows, int64_t hidden, float eps, DType dtype,
-                   void* stream) {
+const char* cuda_error_string(int status) { return cudaGetErrorString(static_cast<cudaError_t>(status)); }
+
+int rms_norm_cuda(const void* x, const void* w, void* y, int64_t rows, int64_t hidden, float eps, DType dtype,
+                  int device, void* stream) {
+  if (rows == 0) return cudaSuccess;  // an empty grid is a launch error: nothing to compute
+  const DeviceGuard guard(device);
+  PMX_RETURN_IF_ERROR(guard.status());
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int threads = hidden >= 4096 ? 512 : 256;
   const int h = static_cast<int>(hidden);
@@ -49,11 +88,15 @@ void rms_norm_cuda(const void* x, const void* w, void* y, int64_t rows, int64_t 
                                                rows, h, eps);
   else
     pmx_rms_norm_f16<<<rows, threads, 0, s>>>((const __half*)x, (const __half*)w, (__half*)y, rows, h, eps);
+  return cudaGetLastError();
 }
 
-void rotary_embedding_cuda(const void* q, const void* k, const int64_t* pos, const float* inv_freq, void* q_out,
-                           void* k_out, int64_t tokens, int64_t q_heads, int64_t k_heads, int64_t dim, DType dtype,
-                           void* stream) {
+int rotary_embedding_cuda(const void* q, const void* k, const int64_t* pos, const float* inv_freq, void* q_out,
+                          void* k_out, int64_t tokens, int64_t q_heads, int64_t k_heads, int64_t dim, DType dtype,
+                          int device, void* stream) {
+  if (tokens == 0) return cudaSuccess;  // an empty grid is a launch error: nothing to compute
+  const DeviceGuard guard(device);
+  PMX_RETURN_IF_ERROR(guard.status());
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int threads = 256;
   const size_t smem = sizeof(float) * dim;
@@ -68,6 +111,7 @@ void rotary_embedding_cuda(const void* q, const void* k, const int64_t* pos, con
   else
     pmx_rotary_f16<<<tokens, threads, smem, s>>>((const __half*)q, (const __half*)k, p, inv_freq, (__half*)q_out,
                                                  (__half*)k_out, hq, hk, d);
+  return cudaGetLastError();
 }
 
 size_t vq_nearest_workspace_bytes(int64_t n, int64_t k) {
@@ -75,8 +119,11 @@ size_t vq_nearest_workspace_bytes(int64_t n, int64_t k) {
   return sizeof(float) * k + (sizeof(float) + sizeof(int)) * static_cast<size_t>(seg) * n;
 }
 
-void vq_nearest_cuda(const float* z, const float* codebook, int64_t* out, int64_t n, int64_t k, int64_t c,
-                     void* workspace, void* stream) {
+int vq_nearest_cuda(const float* z, const float* codebook, int64_t* out, int64_t n, int64_t k, int64_t c,
+                    void* workspace, int device, void* stream) {
+  if (n == 0) return cudaSuccess;  // an empty grid is a launch error: nothing to compute
+  const DeviceGuard guard(device);
+  PMX_RETURN_IF_ERROR(guard.status());
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int seg = vq_segments(n, k);
   const int seg_len = static_cast<int>((k + seg - 1) / seg);
@@ -85,6 +132,7 @@ void vq_nearest_cuda(const float* z, const float* codebook, int64_t* out, int64_
   int* best_i = reinterpret_cast<int*>(best_d + static_cast<size_t>(seg) * n);
   pmx_i64* o = reinterpret_cast<pmx_i64*>(out);
   pmx_vq_norms<<<(k + 255) / 256, 256, 0, s>>>(codebook, ee, (int)k, (int)c);
+  PMX_RETURN_IF_ERROR(cudaGetLastError());
   if (c == 4) {
     const dim3 grid((unsigned)((n + 511) / 512), (unsigned)seg);
     pmx_vq_partial_c4<<<grid, pmx_cuda::VQ_THREADS, 0, s>>>(z, codebook, ee, best_d, best_i, o, (int)n, (int)k,
@@ -93,15 +141,20 @@ void vq_nearest_cuda(const float* z, const float* codebook, int64_t* out, int64_
     const dim3 grid((unsigned)((n + 127) / 128), (unsigned)seg);
     pmx_vq_partial_generic<<<grid, 128, 0, s>>>(z, codebook, ee, best_d, best_i, o, (int)n, (int)k, (int)c, seg_len);
   }
+  PMX_RETURN_IF_ERROR(cudaGetLastError());
   if (seg > 1) pmx_vq_merge<<<(n + 255) / 256, 256, 0, s>>>(best_d, best_i, o, (int)n, seg);
+  return cudaGetLastError();
 }
 
 size_t cfg_sample_workspace_bytes(int64_t batch, int64_t vocab) {
   return sizeof(float) * 4 * static_cast<size_t>(batch) * cfg_chunks(vocab);
 }
 
-void cfg_sample_cuda(const void* cond, const void* uncond, const int64_t* allowed, const float* random, int64_t* out,
-                     const CfgSampleArgs& args, DType dtype, void* workspace, void* stream) {
+int cfg_sample_cuda(const void* cond, const void* uncond, const int64_t* allowed, const float* random, int64_t* out,
+                    const CfgSampleArgs& args, DType dtype, void* workspace, int device, void* stream) {
+  if (args.batch == 0) return cudaSuccess;  // an empty grid is a launch error: nothing to compute
+  const DeviceGuard guard(device);
+  PMX_RETURN_IF_ERROR(guard.status());
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   pmx_cuda::CfgArgs a;
   a.vocab = args.vocab;
@@ -119,10 +172,11 @@ void cfg_sample_cuda(const void* cond, const void* uncond, const int64_t* allowe
   const pmx_i64* al = reinterpret_cast<const pmx_i64*>(allowed);
   pmx_i64* o = reinterpret_cast<pmx_i64*>(out);
 #define PMX_LAUNCH_CFG(SUFFIX, T)                                                                                  \
-  static int cap_##SUFFIX = -1;                                                                                    \
-  const int cap = cfg_cache_floats(pmx_cfg_select_##SUFFIX, &cap_##SUFFIX);                                        \
+  int cap = 0;                                                                                                     \
+  PMX_RETURN_IF_ERROR(cfg_cache_floats((const void*)pmx_cfg_select_##SUFFIX, device, &cap));                      \
   pmx_cfg_stats_##SUFFIX<<<grid, 256, 0, s>>>((const T*)cond, (const T*)uncond, a.vocab, a.chunks, a.guide,        \
                                               partial);                                                            \
+  PMX_RETURN_IF_ERROR(cudaGetLastError());                                                                         \
   pmx_cfg_select_##SUFFIX<<<(unsigned)args.batch, 1024, cap * sizeof(float), s>>>(                                 \
       (const T*)cond, (const T*)uncond, al, random, o, partial, a.vocab, a.chunks, a.guide, a.scale, a.greedy,     \
       a.top_k, a.use_top_p, a.top_p_thr, a.use_temp, a.temperature, cap)
@@ -134,6 +188,7 @@ void cfg_sample_cuda(const void* cond, const void* uncond, const int64_t* allowe
     PMX_LAUNCH_CFG(f16, __half);
   }
 #undef PMX_LAUNCH_CFG
+  return cudaGetLastError();
 }
 
 }  // namespace pmx

@@ -33,26 +33,61 @@ _LOGGED_BACKENDS = set()
 QUERY_BLOCK = 256
 
 
-def attention_backend(dtype, needs_cache_or_mask):
+def attention_backend(dtype, needs_cache_or_mask, head_dim):
     """The one place that picks the attention kernel: "flash" or "math". Each choice is logged once.
 
     * "flash": ``paddle.nn.functional.flash_attention`` (native GQA, causal) on a GPU of compute capability >= 8 in
-      half precision, for a prefill with no padding mask and no earlier cache (it takes no mask argument);
+      half precision, for a prefill with no padding mask and no earlier cache (it takes no mask argument), where
+      Paddle's flash_attention really runs flash attention 2 (``flash_attention_problem``);
     * "math" everywhere else (the CPU path): scores, float32 softmax and weighted sum as two batched matmuls with
       the query heads grouped per KV head, reading the cache in its own ``[B, kv_heads, capacity, D]`` layout, so
       neither repeated nor transposed K/V is ever materialised. It replaces Paddle 3.3's CPU
       ``scaled_dot_product_attention``, which measured 10-20x slower per decode step (it expands K/V and
       transposes a ``[B, S, H, D]`` cache on every call). Same math as the original's eager attention.
     """
-    backend = "math"
+    backend, reason = "math", None
     if not needs_cache_or_mask and dtype in (paddle.float16, paddle.bfloat16) and on_gpu():
-        if paddle.device.cuda.get_device_capability()[0] >= 8:
+        reason = flash_attention_problem(head_dim)
+        if reason is None:
             backend = "flash"
-    if backend not in _LOGGED_BACKENDS:
-        _LOGGED_BACKENDS.add(backend)
-        logger.info("Emu3 attention: using %s", "paddle flash_attention" if backend == "flash" else
-                    "grouped matmul attention")
+    if (backend, reason) not in _LOGGED_BACKENDS:
+        _LOGGED_BACKENDS.add((backend, reason))
+        if backend == "flash":
+            logger.info("Emu3 attention: using paddle flash_attention")
+        else:
+            logger.info("Emu3 attention: using grouped matmul attention%s", f" ({reason})" if reason else "")
     return backend
+
+
+def _paddle_flag(name, default):
+    """A Paddle flag's value, ``default`` where this build does not define it (read as Paddle's own sdpa.py does)."""
+    return paddle.framework._global_flags().get(name, default)
+
+
+def flash_attention_problem(head_dim):
+    """Why Paddle 3.3's ``flash_attention(q, k, v, causal=True, training=False)`` would not run flash attention 2
+    correctly on the current GPU, or None when it does (read from paddle/nn/functional/flash_attention.py):
+
+    * compute capability < 8: flash attention 2 has no kernels for older GPUs;
+    * a build without flash attention (``FLAGS_flash_attn_available`` false): ``_select_sdp`` picks the math
+      attention, which raises on grouped-query K/V, or memory-efficient attention, which drops ``causal``;
+    * head_dim > 256: ``_select_sdp_cuda`` switches to memory-efficient attention, called without the causal mask;
+    * ``FLAGS_flash_attn_version=3`` (unless ``FLAGS_cudnn_deterministic`` forces version 2): flash_attention
+      asserts ``training or fa_version == 2``, so inference stops at an AssertionError (other values raise).
+    """
+    major = paddle.device.cuda.get_device_capability()[0]
+    if major < 8:
+        return f"flash attention needs compute capability 8.0 or newer, this GPU has {major}.x"
+    if not _paddle_flag("FLAGS_flash_attn_available", False):
+        return "this Paddle build has no flash attention"
+    if head_dim > 256:
+        return (f"head_dim {head_dim} > 256: Paddle's flash_attention would run memory-efficient attention "
+                "without the causal mask")
+    version = _paddle_flag("FLAGS_flash_attn_version", 2)
+    if version != 2 and not _paddle_flag("FLAGS_cudnn_deterministic", False):
+        return (f"FLAGS_flash_attn_version={version}: Paddle 3.3's flash_attention runs only version 2 at inference "
+                "(version 3 asserts training); set FLAGS_flash_attn_version=2 to use flash attention")
+    return None
 
 
 def grouped_attention(q, keys, values, attn_mask):
@@ -215,7 +250,9 @@ class Emu3Attention(nn.Layer):
         k = self.k_proj(hidden_states).reshape([bsz, q_len, self.num_kv_heads, self.head_dim])
         v = self.v_proj(hidden_states).reshape([bsz, q_len, self.num_kv_heads, self.head_dim])
         q, k = ops.rotary_embedding(q, k, position_ids, inv_freq)
-        backend = attention_backend(q.dtype, attn_mask is not None or (cache is not None and cache.length > 0))
+        backend = attention_backend(
+            q.dtype, attn_mask is not None or (cache is not None and cache.length > 0), self.head_dim
+        )
         if backend == "flash":
             if cache is not None:
                 cache.update(self.layer_idx, k, v)
@@ -304,7 +341,9 @@ class Emu3Model(nn.Layer):
         inv_freq = self.inv_freq(past + input_ids.shape[1])
         hidden = self.embed_tokens(input_ids)
         q_len = input_ids.shape[1]
-        if attn_mask is None and q_len > 1 and attention_backend(hidden.dtype, past > 0) == "math":
+        if attn_mask is None and q_len > 1 and (
+            attention_backend(hidden.dtype, past > 0, self.config.head_dim) == "math"
+        ):
             slots = cache.capacity if cache is not None else q_len  # the causal mask, built once for all layers
             attn_mask = additive_mask(paddle.ones([1, slots], "int64"), q_len, past, hidden.dtype)
         fused = (
@@ -344,8 +383,12 @@ def additive_mask(key_mask, q_len, past_len, dtype):
     key slots: a key is visible when its slot is not after the query's (causal) and key_mask is 1 there.
 
     Hidden entries hold the dtype's lowest finite value (not -inf), so a query row with no visible key gives a
-    uniform softmax instead of NaN, as the original's eager attention does.
+    uniform softmax instead of NaN, as the original's eager attention does. The mask is built in ``dtype`` (the
+    model's), except float16, whose lowest value cannot absorb a score (``-65504 + score`` overflows to -inf): a
+    float16 model gets a float32 mask, added to float32 scores (``ops.masked_softmax_``).
     """
+    if dtype == paddle.float16:
+        dtype = paddle.float32
     q_pos = paddle.arange(past_len, past_len + q_len, dtype="int64").unsqueeze(-1)
     k_pos = paddle.arange(key_mask.shape[1], dtype="int64").unsqueeze(0)
     visible = (k_pos <= q_pos).unsqueeze(0) & (key_mask.astype("bool").unsqueeze(1))  # [B, q, S]

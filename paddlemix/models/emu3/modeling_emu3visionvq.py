@@ -102,6 +102,18 @@ class Emu3VisionVQCausalConv3d(nn.Layer):
         return self.conv(x)
 
 
+def repeat_interleave(x, repeats, axis):
+    """``paddle.repeat_interleave(x, repeats, axis)`` for an integer ``repeats`` (each slice along ``axis`` repeated
+    in place), as unsqueeze + expand + reshape, which Paddle runs in every dtype. Paddle 3.3's repeat_interleave has
+    no float16 kernel (none on CPU; the GPU one came with PR #78039 on the develop branch, after release/3.3), so the
+    image encode and video decode of a float16 VQ model would stop there."""
+    shape = list(x.shape)
+    axis = axis % len(shape)
+    x = x.unsqueeze(axis + 1).expand(shape[: axis + 1] + [repeats] + shape[axis + 1:])
+    shape[axis] *= repeats
+    return x.reshape(shape)
+
+
 def _temporal_norm(norm, x):
     """BatchNorm3D with its running statistics (eval), computed in float32 for other input dtypes.
 
@@ -159,7 +171,7 @@ class Emu3VisionVQTemporalUpsample(nn.Layer):
 
     def forward(self, x, repeat=True):
         if repeat:
-            x = paddle.repeat_interleave(x, 2, axis=2)
+            x = repeat_interleave(x, 2, axis=2)
         return self.conv(x)
 
 
@@ -348,7 +360,7 @@ class Emu3VisionVQEncoder(nn.Layer):
         _, c, height, width = h.shape
         h = h.reshape([batch_size, -1, c, height, width]).transpose([0, 2, 1, 3, 4])
         if time_repeat > 1:
-            h = paddle.repeat_interleave(h, time_repeat, axis=2)
+            h = repeat_interleave(h, time_repeat, axis=2)
         for conv in self.time_conv:
             h = F.silu(conv(h))
         for block in self.time_res_stack:
