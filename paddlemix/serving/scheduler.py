@@ -103,16 +103,18 @@ class Scheduler:
     """Batches compatible requests onto one worker thread running ``engine.run(jobs, context)``.
 
     max_batch_size: most rows (images / answers) in one batch; max_queue: most waiting requests; timeout: seconds
-    from submission to result.
+    from submission to result; batch_wait: seconds an idle worker waits after the first request for others to
+    join its batch (requests that arrive while a batch runs wait for the next one anyway).
     """
 
-    def __init__(self, engine, max_batch_size=8, max_queue=64, timeout=600.0):
-        if max_batch_size < 1 or max_queue < 1 or timeout <= 0:
-            raise ValueError("max_batch_size and max_queue must be positive, and timeout > 0")
+    def __init__(self, engine, max_batch_size=8, max_queue=64, timeout=600.0, batch_wait=0.02):
+        if max_batch_size < 1 or max_queue < 1 or timeout <= 0 or batch_wait < 0:
+            raise ValueError("max_batch_size and max_queue must be positive, timeout > 0 and batch_wait >= 0")
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.timeout = timeout
+        self.batch_wait = batch_wait
         self._waiting = []
         self._running = []
         self._cond = threading.Condition()
@@ -211,6 +213,13 @@ class Scheduler:
                     self._expire_locked()
                 if self._stopping:
                     return
+                # the worker was idle: give requests sent together a moment to arrive and join this batch
+                deadline = time.monotonic() + self.batch_wait
+                while self._waiting_rows() < self.max_batch_size and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 self._expire_locked()
                 batch = self.schedule_batch(self.max_batch_size)
                 if not batch:
@@ -221,6 +230,9 @@ class Scheduler:
             self._run(batch)
             with self._cond:
                 self._running = []
+
+    def _waiting_rows(self):
+        return sum(s.job.rows for s in self._waiting)
 
     def _run(self, batch):
         context = BatchContext(self, batch)

@@ -39,6 +39,8 @@ def parse_args(argv=None):
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--max_batch_size", type=int, default=8, help="most images/answers in one batched generate")
+    parser.add_argument("--batch_wait", type=float, default=0.02,
+                        help="seconds an idle server waits after a request for others to join its batch")
     parser.add_argument("--max_queue", type=int, default=64, help="most waiting requests (more get 429)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (then 504)")
     parser.add_argument("--max_image_area", type=int,
@@ -70,8 +72,8 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be positive")
-    if args.timeout <= 0 or args.graceful_timeout < 0:
-        parser.error("--timeout must be positive and --graceful_timeout non-negative")
+    if args.timeout <= 0 or args.graceful_timeout < 0 or args.batch_wait < 0:
+        parser.error("--timeout must be positive, --graceful_timeout and --batch_wait non-negative")
     return args
 
 
@@ -106,7 +108,8 @@ def main(argv=None):
     from paddlemix.serving import build_app
 
     engine = build_engine(args)
-    app = build_app(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue, timeout=args.timeout)
+    app = build_app(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue, timeout=args.timeout,
+                    batch_wait=args.batch_wait)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.graceful_timeout)
     try:
