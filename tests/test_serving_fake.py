@@ -173,7 +173,7 @@ def test_streamed_text_holds_back_incomplete_characters(fixtures_dir):
     ids = tokenizer.encode(text)
     row = _TextRow(tokenizer, max_tokens=len(ids) + 5, eos_id=tokenizer.eos_token_id)
     pieces = [row.add(i) for i in ids] + [row.add(tokenizer.eos_token_id)]
-    assert "".join(pieces) == text
+    assert "".join(pieces) == text == row.text
     assert all("\ufffd" not in p for p in pieces)
     assert row.finish_reason == "stop"
     # the byte-level tokenizer splits the euro sign over several tokens: nothing is sent until it is whole
@@ -183,6 +183,6 @@ def test_streamed_text_holds_back_incomplete_characters(fixtures_dir):
     assert [row.add(i) for i in euro] == [""] * (len(euro) - 1) + ["\u20ac"]
     # a budget cut inside a character flushes what there is, as the batch decode does
     row = _TextRow(tokenizer, max_tokens=1, eos_id=tokenizer.eos_token_id)
-    assert row.add(euro[0]) == tokenizer.decode(euro[:1], skip_special_tokens=True)
+    assert row.add(euro[0]) == tokenizer.decode(euro[:1], skip_special_tokens=True) == "\ufffd"
     assert row.finish_reason == "length"
     np.testing.assert_array_equal(row.ids, euro[:1])

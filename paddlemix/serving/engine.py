@@ -10,10 +10,9 @@ import abc
 import base64
 import binascii
 import io
-import logging
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
@@ -21,9 +20,8 @@ from PIL import Image
 
 from ..models.emu3.generation_emu3 import grid_length
 from ..models.emu3.processing_emu3 import calculate_generate_size, parse_ratio
+from ..models.emu3.streaming import TextStreamer
 from .protocol import ChatCompletionRequest, ImageGenerationRequest, SamplingParams
-
-logger = logging.getLogger(__name__)
 
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                        re.ASCII)
@@ -85,7 +83,6 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
-    token_ids: List[int] = field(default_factory=list)
 
 
 class Engine(abc.ABC):
@@ -207,32 +204,39 @@ class _BatchStreamer:
 
 
 class _TextRow:
-    """Incremental text of one chat row: whole characters only (a trailing incomplete UTF-8 sequence waits)."""
+    """One chat row's answer: its ids up to eos or its token budget, and its text streamed in whole characters
+    (``streaming.TextStreamer``: the pieces joined equal the decode of the ids)."""
 
     def __init__(self, tokenizer, max_tokens, eos_id):
-        self.tokenizer, self.max_tokens, self.eos_id = tokenizer, max_tokens, eos_id
-        self.ids, self.sent, self.finish_reason = [], "", None
+        self.max_tokens, self.eos_id = max_tokens, eos_id
+        self.ids, self.pieces, self.finish_reason = [], [], None
+        self._stream = TextStreamer(tokenizer, skip_prompt=False, callback=self.pieces.append)
 
     def add(self, token):
-        """The new text to send after ``token`` ("" if none)."""
+        """The new text after ``token`` ("" while a character is incomplete); eos or the budget finishes the row."""
+        start = len(self.pieces)
         if token == self.eos_id:
-            self.finish_reason = "stop"
-            return self.flush()
-        self.ids.append(int(token))
-        if len(self.ids) >= self.max_tokens:
-            self.finish_reason = "length"
-            return self.flush()
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd") or not text.startswith(self.sent):
-            return ""
-        delta, self.sent = text[len(self.sent):], text
-        return delta
+            self._end("stop")
+        else:
+            self.ids.append(int(token))
+            self._stream.put(np.asarray([token], np.int64))
+            if len(self.ids) >= self.max_tokens:
+                self._end("length")
+        return "".join(self.pieces[start:])
 
-    def flush(self):
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        delta = text[len(self.sent):] if text.startswith(self.sent) else ""
-        self.sent = text
-        return delta
+    def close(self):
+        """Finish a row whose generation ended before its eos or budget; the last text."""
+        start = len(self.pieces)
+        self._end("length")
+        return "".join(self.pieces[start:])
+
+    def _end(self, reason):
+        self.finish_reason = reason
+        self._stream.end()
+
+    @property
+    def text(self):
+        return "".join(self.pieces)
 
 
 def _left_pad(rows, pad_id):
@@ -433,8 +437,7 @@ class Emu3Engine(Engine):
         )
         for r, (j, row) in enumerate(zip(live, texts)):
             if results[j] is None:
-                row.finish_reason = row.finish_reason or "length"
-                delta = row.flush()
+                delta = row.close()
                 if delta:
                     context.delta(j, delta)
                 results[j] = self._chat_result(rows[r], row)
@@ -442,7 +445,7 @@ class Emu3Engine(Engine):
 
     @staticmethod
     def _chat_result(prompt, row):
-        return ChatResult(row.sent, len(prompt), len(row.ids), row.finish_reason, list(row.ids))
+        return ChatResult(row.text, len(prompt), len(row.ids), row.finish_reason)
 
     # ---- batches ---------------------------------------------------------------------------------------------
 
