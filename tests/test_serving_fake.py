@@ -186,3 +186,27 @@ def test_streamed_text_holds_back_incomplete_characters(fixtures_dir):
     assert row.add(euro[0]) == tokenizer.decode(euro[:1], skip_special_tokens=True) == "\ufffd"
     assert row.finish_reason == "length"
     np.testing.assert_array_equal(row.ids, euro[:1])
+
+
+def test_serve_script_rejects_bad_arguments(fixtures_dir, capsys):
+    import importlib.util
+
+    from serving_helpers import SERVE
+
+    spec = importlib.util.spec_from_file_location("serve_script", SERVE)
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    demo = str(fixtures_dir)
+    args = serve.parse_args(["--demo", demo, "--port", "9000", "--max_batch_size", "4"])
+    assert args.gen_model_path == args.chat_model_path == str(fixtures_dir / "llm") and args.max_batch_size == 4
+    for argv, message in (
+        ([], "--gen_model_path"),
+        (["--gen_model_path", "x"], "--vq_model_path"),
+        (["--demo", demo, "--port", "70000"], "--port"),
+        (["--demo", demo, "--max_batch_size", "0"], "--max_batch_size"),
+        (["--demo", demo, "--timeout", "0"], "--timeout"),
+        (["--demo", str(fixtures_dir / "refs")], "no llm/"),
+    ):
+        with pytest.raises(SystemExit):
+            serve.parse_args(argv)
+        assert message in capsys.readouterr().err
