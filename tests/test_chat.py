@@ -20,7 +20,8 @@ from paddlemix.models.emu3.processing_emu3 import STAGE1_CHAT_TEMPLATE
 
 from test_processor import load_processor
 
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "paddlemix" / "examples" / "emu3" / "run_understanding_inference.py"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "paddlemix" / "examples" / "emu3" / "run_understanding_inference.py"
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,8 @@ def test_text_only_question(processor):
     want = tok.bos_token + "You are a helpful assistant. USER: What is a cat. ASSISTANT:"
     for out in (
         processor("What is a cat", mode="U", return_tensors="np"),
-        processor.apply_chat_template([{"role": "user", "content": "What is a cat"}], tokenize=True, return_tensors="np"),
+        processor.apply_chat_template([{"role": "user", "content": "What is a cat"}], tokenize=True,
+                                      return_tensors="np"),
     ):
         np.testing.assert_array_equal(out["input_ids"][0], tok.encode(want))
         assert tok.img_token_id not in out["input_ids"][0]
@@ -288,10 +290,10 @@ def test_script_stream_and_chat(model, processor, fixtures_dir):
     out = run_script(fixtures_dir, ["--question", "Please describe the image", "--max_new_tokens", n_new, "--stream"])
     assert out.endswith(f"Answer 0: {ref['answers_skip_special'][0]}\n")
 
-    out = run_script(fixtures_dir, ["--chat", "--stream", "--max_new_tokens", "4"],
+    out = run_script(fixtures_dir, ["--chat", "--stream", "--max_new_tokens", "4", "--system_prompt", "Be brief."],
                      stdin="Please describe the image\n\nWhat color is it?\n")
     # the same conversation through the library
-    session = ChatSession(model, processor)
+    session = ChatSession(model, processor, system_prompt="Be brief.")
     first = session.ask("Please describe the image", image(fixtures_dir, "img_a"), max_new_tokens=4, progress=False)
     second = session.ask("What color is it?", max_new_tokens=4, progress=False)
     assert out == f"Assistant: {first}\nAssistant: {second}\n"

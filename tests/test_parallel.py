@@ -176,3 +176,29 @@ def test_slice_reader_reads_only_the_rank_rows(tmp_path, monkeypatch, bf16):
                 assert released[0][0] == start * row_bytes and all(a < stop * row_bytes for a, _ in released)
     finally:
         st.close()
+
+
+def test_launch_environment_helpers(tmp_path, monkeypatch):
+    from paddlemix import distributed
+
+    assert [list(distributed.share(7, r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [list(distributed.share(1, r, 2)) for r in range(2)] == [[0], []]
+    assert shares(787, 2) == [394, 393] and shares(8, 4) == [2, 2, 2, 2] and bounds(10, 3, 2) == (7, 10)
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    monkeypatch.setenv("PADDLE_LOCAL_SIZE", "2")
+    assert distributed.cpu_share() == max(1, cpus // 2)
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "two")
+    with pytest.raises(ValueError, match="PADDLE_TRAINERS_NUM='two' is not an integer"):
+        distributed.world()
+
+    good = tmp_path / "prompts.txt"
+    good.write_text("a cat\n\n  \na red fox\t16:9\r\n", encoding="utf-8")
+    assert distributed.read_prompts_file(str(good)) == [("a cat", None), ("a red fox", "16:9")]
+    for text, message in [("a cat\t16-9\n", "line 1: ratio '16-9' is not W:H"), ("\t1:1\n", "line 1: empty prompt"),
+                          ("\n\n", "holds no prompts"), ("x\t0:1\n", "ratio '0:1'")]:
+        good.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=message):
+            distributed.read_prompts_file(str(good))
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        distributed.read_prompts_file(str(tmp_path / "missing.txt"))

@@ -42,7 +42,7 @@ def test_generation_data_parallel_equals_one_process(fixtures_dir, tmp_path):
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a portrait of young girl.\na shiba inu\t16:9\n\na red fox\t3:4\n", encoding="utf-8")
-    args = ["--demo", fixtures_dir, "--prompts_file", prompts, "--seed", "11", "--top_k", "50"]
+    args = ["--demo", fixtures_dir, "--prompts_file", prompts, "--seed", "11", "--top_k", "50", "--threads", "1"]
     code, log = launch([SCRIPTS / "run_generation_inference.py", *args, "--parallel", "data", "--output_dir",
                         tmp_path / "dp"], tmp_path / "log")
     assert code == 0, log
@@ -99,3 +99,18 @@ def test_autoencode_shares_the_images(fixtures_dir, tmp_path):
     for path in sorted((fixtures_dir / "refs").glob("vq_img_*.npz")):
         name, ref = path.stem[len("vq_"):], np.load(path)
         assert np.abs(pixels(tmp_path / "out" / f"{name}_recon.png") - ref["recon_uint8"].astype(np.int16)).max() <= 1
+
+
+def test_prompts_file_arguments(fixtures_dir, tmp_path, capsys):
+    from paddlemix.examples.emu3.run_generation_inference import parse_args
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na red fox\t16:9\n", encoding="utf-8")
+    args = parse_args(["--demo", str(fixtures_dir), "--prompts_file", str(prompts), "--ratio", "3:4"])
+    assert args.prompt == ["a cat", "a red fox"] and args.ratio == ["3:4", "16:9"]
+    for argv, message in [(["--prompts_file", str(prompts), "--prompt", "x"], "--prompts_file replaces --prompt"),
+                          (["--prompts_file", str(tmp_path / "none.txt")], "is not a file"),
+                          ([], "give --prompt (repeatable) or --prompts_file")]:
+        with pytest.raises(SystemExit):
+            parse_args(["--demo", str(fixtures_dir), *argv])
+        assert message in capsys.readouterr().err

@@ -48,7 +48,9 @@ def message_parts(message, index):
                 raise ValueError(f"message {index}, item {j}: 'image' must be a PIL.Image.Image")
             images.append(image)
         else:
-            raise ValueError(f"message {index}, item {j}: items must be {{'type': 'text'|'image', ...}}, got {item!r:.80}")
+            raise ValueError(
+                f"message {index}, item {j}: items must be {{'type': 'text'|'image', ...}}, got {item!r:.80}"
+            )
     if images and role != "user":
         raise ValueError(f"message {index}: only user messages may hold images ({role} has {len(images)})")
     return role, images, texts

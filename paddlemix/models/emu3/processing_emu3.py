@@ -335,7 +335,8 @@ class Emu3Processor:
         rows = [[r] if isinstance(r, Image.Image) else r for r in rows]
         for i, (prompt, row) in enumerate(zip(prompts, rows)):
             n = prompt.count(tok.image_token)
-            if not isinstance(row, (list, tuple)) or n != len(row) or not all(isinstance(im, Image.Image) for im in row):
+            pil = isinstance(row, (list, tuple)) and all(isinstance(im, Image.Image) for im in row)
+            if not pil or n != len(row):
                 raise ValueError(f"conversation {i} has {n} images: give a list of {n} PIL images for it")
         grids = iter(self.tokenize_image([im for row in rows for im in row], padding_image=padding_image))
         full, sizes = [], []
