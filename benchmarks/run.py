@@ -365,8 +365,9 @@ class Runner:
                "tokenizer_dir": os.path.join(WORK, "serve_tokenizer"),
                "codebook_size": config["vocab_size"] - config["eoi_token_id"] - 1, "top_k": p["top_k"],
                "serve_requests": p["serve_requests"], "serve_grid": p["serve_grid"]}
-        batched = self.call("ours", dict(job, mode="concurrent", name="serve-concurrent"))
-        alone = self.call("ours", dict(job, mode="sequential", name="serve-sequential"))
+        batched, alone = (self.call("ours", dict(job, mode=mode, name=f"serve-{mode}",
+                                                 images_path=os.path.join(WORK, "logs", f"serve-{mode}.npz")))
+                          for mode in ("concurrent", "sequential"))
         n, (h, w) = p["serve_requests"], p["serve_grid"]
         what = f"{n} t2i requests {h}x{w} (ours: concurrent, batched; reference column: one at a time)"
         self.add(f"serve images/s, {what}", self.get(batched, "images/s"), self.get(alone, "images/s"), "img/s",
@@ -375,8 +376,12 @@ class Runner:
             self.add(f"serve {q} latency, {what}", self.get(batched, q), self.get(alone, q), "s", fmt="{:.2f}",
                      compare=False)
         if batched and alone:
-            same = sum(a == b for a, b in zip(batched["images"], alone["images"]))
-            self.checks.append(f"serve: {same}/{n} images identical batched and alone, "
+            import numpy as np
+
+            a, b = np.load(batched["images_path"]), np.load(alone["images_path"])
+            # the same tokens give pixels equal up to 1 (the VQ decode of a batch rounds differently)
+            same = sum(np.abs(a[k].astype(np.int64) - b[k]).max() <= 1 for k in a.files)
+            self.checks.append(f"serve: {same}/{n} images the same batched and alone (pixels within 1), "
                                f"{batched['batches']} batches for {n} concurrent requests")
     def suite_parallel(self):
         """The batch-1 decode step of the lm config at tensor parallel 1 (one process, 2 threads) and 2 (two

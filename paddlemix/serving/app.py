@@ -27,7 +27,7 @@ def _describe(errors):
     return "; ".join(lines) or "invalid request"
 
 
-def build_app(engine, max_batch_size=8, max_queue=64, timeout=600.0, batch_wait=0.02, max_body_bytes=64 * 2**20):
+def build_app(engine, max_batch_size=8, max_queue=64, timeout=600.0, batch_wait=0.05, max_body_bytes=64 * 2**20):
     """A FastAPI app serving ``engine`` (an ``Engine``) through one ``Scheduler`` with these settings; request bodies
     over ``max_body_bytes`` get 413 before they are read."""
     scheduler = Scheduler(engine, max_batch_size=max_batch_size, max_queue=max_queue, timeout=timeout,

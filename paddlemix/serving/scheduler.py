@@ -103,11 +103,12 @@ class Scheduler:
     """Batches compatible requests onto one worker thread running ``engine.run(jobs, context)``.
 
     max_batch_size: most rows (images / answers) in one batch; max_queue: most waiting requests; timeout: seconds
-    from submission to result; batch_wait: seconds an idle worker waits after the first request for others to
-    join its batch (requests that arrive while a batch runs wait for the next one anyway).
+    from submission to result; batch_wait: an idle worker that gets a request waits until no other one arrived
+    for this many seconds (at most 20 times as long) so that requests sent together share its batch (requests
+    that arrive while a batch runs wait for the next one anyway).
     """
 
-    def __init__(self, engine, max_batch_size=8, max_queue=64, timeout=600.0, batch_wait=0.02):
+    def __init__(self, engine, max_batch_size=8, max_queue=64, timeout=600.0, batch_wait=0.05):
         if max_batch_size < 1 or max_queue < 1 or timeout <= 0 or batch_wait < 0:
             raise ValueError("max_batch_size and max_queue must be positive, timeout > 0 and batch_wait >= 0")
         self.engine = engine
@@ -213,13 +214,13 @@ class Scheduler:
                     self._expire_locked()
                 if self._stopping:
                     return
-                # the worker was idle: give requests sent together a moment to arrive and join this batch
-                deadline = time.monotonic() + self.batch_wait
-                while self._waiting_rows() < self.max_batch_size and not self._stopping:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
+                # the worker was idle: collect the burst of requests sent together (until none arrived for
+                # batch_wait seconds, at most 20 x batch_wait) so that they share this batch
+                limit, seen = time.monotonic() + 20 * self.batch_wait, -1
+                while self._waiting_rows() < self.max_batch_size and not self._stopping and \
+                        len(self._waiting) != seen and time.monotonic() < limit:
+                    seen = len(self._waiting)
+                    self._cond.wait(min(self.batch_wait, max(limit - time.monotonic(), 0.0)))
                 self._expire_locked()
                 batch = self.schedule_batch(self.max_batch_size)
                 if not batch:

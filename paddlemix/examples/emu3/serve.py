@@ -39,8 +39,9 @@ def parse_args(argv=None):
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--max_batch_size", type=int, default=8, help="most images/answers in one batched generate")
-    parser.add_argument("--batch_wait", type=float, default=0.02,
-                        help="seconds an idle server waits after a request for others to join its batch")
+    parser.add_argument("--batch_wait", type=float, default=0.05,
+                        help="an idle server collects requests until none arrived for this many seconds (at most "
+                             "20 times as long), so that requests sent together share one batch")
     parser.add_argument("--max_queue", type=int, default=64, help="most waiting requests (more get 429)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (then 504)")
     parser.add_argument("--max_image_area", type=int,
