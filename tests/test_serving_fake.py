@@ -66,7 +66,7 @@ class FakeEngine(Engine):
 @pytest.fixture(scope="module")
 def fake():
     engine = FakeEngine()
-    server = ServerThread(build_app(engine, max_batch_size=4, max_queue=4, timeout=2.0, max_body_bytes=100_000))
+    server = ServerThread(build_app(engine, max_batch_size=4, max_queue=4, timeout=2.0, batch_wait=0.0, max_body_bytes=100_000))
     try:
         yield engine, server
     finally:
@@ -118,16 +118,17 @@ def test_waiting_requests_are_merged_by_key_up_to_the_batch_size(fake, client):
 def test_a_full_queue_gets_429_and_a_slow_request_504(fake, client):
     engine, server = fake
     engine.gate.clear()
-    threads, results = _concurrently(lambda p: client.images.generate(prompt=p), ["a", "b", "c", "d", "e", "f"])
+    threads, results = _concurrently(lambda p: client.images.generate(prompt=p), list("abcdefg"))
     for t in threads:
         t.join(30)
     engine.gate.set()
     errors = [type(r).__name__ for r in results]
-    # "a" runs (and times out after 2 s), b..e wait (the queue holds 4) and time out too, f is refused at once
-    assert isinstance(results[5], openai.RateLimitError), errors
-    assert results[5].body["code"] == "rate_limit_exceeded"
-    for r in results[:5]:
-        assert isinstance(r, openai.APIStatusError) and r.status_code == 504, errors
+    # "a" runs (and times out after 2 s), the next four wait (the queue holds 4) and time out too, the rest are
+    # refused at once
+    assert isinstance(results[-1], openai.RateLimitError), errors
+    assert results[-1].body["code"] == "rate_limit_exceeded"
+    assert all(isinstance(r, openai.APIStatusError) and r.status_code in (429, 504) for r in results), errors
+    assert sum(r.status_code == 504 for r in results) >= 5, errors
     assert httpx.get(f"{server.base_url}/health").json()["status"] == "ok"
     assert client.images.generate(prompt="ok").data
 
@@ -210,3 +211,27 @@ def test_serve_script_rejects_bad_arguments(fixtures_dir, capsys):
         with pytest.raises(SystemExit):
             serve.parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+def test_an_idle_scheduler_collects_a_burst_into_one_batch():
+    import asyncio
+
+    from paddlemix.serving import Scheduler
+
+    engine = FakeEngine()
+    scheduler = Scheduler(engine, max_batch_size=8, max_queue=8, timeout=30.0, batch_wait=0.2)
+    loop = asyncio.new_event_loop()
+    scheduler.start()
+    try:
+        states = []
+        for i in range(3):  # 0.05 s apart: each arrives within batch_wait of the one before
+            states.append(scheduler.submit(FakeJob("image", 1, "k", f"p{i}"), loop=loop))
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while not all(s.done for s in states) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.batches == [["p0", "p1", "p2"]]
+        assert scheduler.snapshot()["batches"] == 1
+    finally:
+        scheduler.shutdown()
+        loop.close()
