@@ -18,6 +18,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
+from paddle.distributed.fleet.utils import recompute
 
 from ... import ops
 from ..model_utils import PretrainedModel, on_gpu
@@ -33,8 +34,8 @@ _LOGGED_BACKENDS = set()
 QUERY_BLOCK = 256
 
 
-def attention_backend(dtype, needs_cache_or_mask, head_dim):
-    """The one place that picks the attention kernel: "flash" or "math". Each choice is logged once.
+def attention_backend(dtype, needs_cache_or_mask, head_dim, training=False):
+    """The one place that picks the attention kernel: "flash", "math" or "train". Each choice is logged once.
 
     * "flash": ``paddle.nn.functional.flash_attention`` (native GQA, causal) on a GPU of compute capability >= 8 in
       half precision, for a prefill with no padding mask and no earlier cache (it takes no mask argument), where
@@ -44,18 +45,20 @@ def attention_backend(dtype, needs_cache_or_mask, head_dim):
       neither repeated nor transposed K/V is ever materialised. It replaces Paddle 3.3's CPU
       ``scaled_dot_product_attention``, which measured 10-20x slower per decode step (it expands K/V and
       transposes a ``[B, S, H, D]`` cache on every call). Same math as the original's eager attention.
+    * "train" (the model in train mode): the "math" attention without in-place ops and without the
+      extension's softmax (which has no backward), with dropout on the attention probabilities as the original's
+      eager attention. Flash attention also serves training where it runs (it takes the dropout rate itself).
     """
-    backend, reason = "math", None
+    backend, reason = "train" if training else "math", None
     if not needs_cache_or_mask and dtype in (paddle.float16, paddle.bfloat16) and on_gpu():
         reason = flash_attention_problem(head_dim)
         if reason is None:
             backend = "flash"
     if (backend, reason) not in _LOGGED_BACKENDS:
         _LOGGED_BACKENDS.add((backend, reason))
-        if backend == "flash":
-            logger.info("Emu3 attention: using paddle flash_attention")
-        else:
-            logger.info("Emu3 attention: using grouped matmul attention%s", f" ({reason})" if reason else "")
+        names = {"flash": "paddle flash_attention", "math": "grouped matmul attention",
+                 "train": "grouped matmul attention for training (autograd, dropout)"}
+        logger.info("Emu3 attention: using %s%s", names[backend], f" ({reason})" if reason else "")
     return backend
 
 
@@ -90,11 +93,13 @@ def flash_attention_problem(head_dim):
     return None
 
 
-def grouped_attention(q, keys, values, attn_mask):
+def grouped_attention(q, keys, values, attn_mask, dropout=None):
     """Attention of q [B, L, H, D] over keys, values [B, Hk, S, D]; query head i uses KV head i // (H / Hk).
 
     attn_mask: None (every key visible), an additive [B, 1, L, S] mask, or (decode steps) an additive mask of
     exactly the scores' shape [B, Hk, (H / Hk) * L, S], which saves a broadcast. Softmax in float32.
+    dropout: None (inference: scale, mask and softmax in place) or the training dropout rate on the probabilities
+    (out of place, so autograd can differentiate it).
     """
     bsz, q_len, heads, dim = q.shape
     kv_heads = keys.shape[1]
@@ -102,18 +107,46 @@ def grouped_attention(q, keys, values, attn_mask):
     qh = q.reshape([bsz, kv_heads, group, dim]) if q_len == 1 else q.transpose([0, 2, 1, 3])
     qh = qh.reshape([bsz, kv_heads, group * q_len, dim])
     scores = paddle.matmul(qh, keys, transpose_y=True)
-    probs = ops.masked_softmax_(scores, attn_mask, 1.0 / math.sqrt(dim))  # scale, mask, float32 softmax in one op
+    if dropout is None:
+        probs = ops.masked_softmax_(scores, attn_mask, 1.0 / math.sqrt(dim))  # scale, mask, float32 softmax in one op
+    else:
+        probs = training_softmax(scores, attn_mask, 1.0 / math.sqrt(dim), q_len)
     if probs.dtype != q.dtype:
         probs = probs.astype(q.dtype)
+    if dropout:
+        probs = F.dropout(probs, p=dropout, training=True)
     out = paddle.matmul(probs, values)  # [B, Hk, g*L, D]
     if q_len == 1:
         return out.reshape([bsz, 1, heads, dim])
     return out.reshape([bsz, heads, q_len, dim]).transpose([0, 2, 1, 3])
 
 
+def training_softmax(scores, attn_mask, scale, q_len):
+    """``ops.masked_softmax_`` out of place (for autograd): softmax(scores * scale + mask) in float32 over scores
+    [B, Hk, g * L, S] with an additive mask None, [B or 1, 1, L, S] (broadcast over the heads and groups) or of the
+    scores' shape."""
+    scores = scores * scale
+    if attn_mask is not None and attn_mask.shape[1] != 1:
+        scores = scores + attn_mask
+    elif attn_mask is not None:
+        b, hk, rows, s = scores.shape
+        scores = (scores.reshape([b, hk * rows // q_len, q_len, s]) + attn_mask).reshape([b, hk, rows, s])
+    return F.softmax(to_float32(scores), axis=-1)
+
+
 def to_float32(x):
     """x in float32 (no copy when it already is)."""
     return x if x.dtype == paddle.float32 else x.astype("float32")
+
+
+def padding_row_frozen(embeddings, input_ids, pad_token_id):
+    """The embeddings with no gradient flowing into the pad token's row, as the original's
+    ``nn.Embedding(..., padding_idx=pad_token_id)`` (same values: the row itself is looked up, only its gradient
+    is cut), so training never moves that row."""
+    if pad_token_id is None:
+        return embeddings
+    is_pad = (input_ids == pad_token_id).unsqueeze(-1)
+    return paddle.where(is_pad, embeddings.detach(), embeddings)
 
 
 def rope_inv_freq(config, kv_len):
@@ -183,9 +216,10 @@ class Emu3KVCache:
 
 @dataclass
 class Emu3CausalLMOutput:
-    logits: paddle.Tensor
+    logits: Optional[paddle.Tensor] = None
     hidden_states: Optional[List[paddle.Tensor]] = None
     past_key_values: Optional[Emu3KVCache] = None
+    loss: Optional[paddle.Tensor] = None
 
 
 class Emu3RMSNorm(nn.Layer):
@@ -234,6 +268,7 @@ class Emu3Attention(nn.Layer):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.layer_idx = layer_idx
+        self.attention_dropout = config.attention_dropout
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -250,13 +285,16 @@ class Emu3Attention(nn.Layer):
         k = self.k_proj(hidden_states).reshape([bsz, q_len, self.num_kv_heads, self.head_dim])
         v = self.v_proj(hidden_states).reshape([bsz, q_len, self.num_kv_heads, self.head_dim])
         q, k = ops.rotary_embedding(q, k, position_ids, inv_freq)
+        training = self.training
         backend = attention_backend(
-            q.dtype, attn_mask is not None or (cache is not None and cache.length > 0), self.head_dim
+            q.dtype, attn_mask is not None or (cache is not None and cache.length > 0), self.head_dim, training
         )
+        dropout = self.attention_dropout if backend == "train" else None
         if backend == "flash":
             if cache is not None:
                 cache.update(self.layer_idx, k, v)
-            out = F.flash_attention.flash_attention(q, k, v, causal=q_len > 1, training=False)[0]
+            rate = self.attention_dropout if training else 0.0
+            out = F.flash_attention.flash_attention(q, k, v, dropout=rate, causal=q_len > 1, training=training)[0]
         else:
             past = cache.length if cache is not None else 0
             if cache is not None:
@@ -272,9 +310,10 @@ class Emu3Attention(nn.Layer):
                 if mask is not None and (end < mask.shape[3] or q_len > QUERY_BLOCK):
                     mask = mask[:, :, i: i + QUERY_BLOCK, :end] if q_len > 1 else mask[:, :, :, :end]
                 if end < keys.shape[2]:
-                    blocks.append(grouped_attention(q[:, i: i + QUERY_BLOCK], keys[:, :, :end], values[:, :, :end], mask))
+                    blocks.append(grouped_attention(q[:, i: i + QUERY_BLOCK], keys[:, :, :end], values[:, :, :end], mask,
+                                                    dropout))
                 else:
-                    blocks.append(grouped_attention(q[:, i: i + QUERY_BLOCK], keys, values, mask))
+                    blocks.append(grouped_attention(q[:, i: i + QUERY_BLOCK], keys, values, mask, dropout))
             out = blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=1)
         return self.o_proj(out.reshape([bsz, q_len, self.num_heads * self.head_dim]))
 
@@ -286,12 +325,13 @@ class Emu3DecoderLayer(nn.Layer):
         self.mlp = Emu3MLP(config)
         self.input_layernorm = Emu3RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = Emu3RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.dropout = nn.Dropout(config.attention_dropout)  # the original's: on both residual branches, in training
 
     def forward(self, hidden_states, position_ids, inv_freq, attn_mask, cache):
-        h = hidden_states + self.self_attn(
+        h = hidden_states + self.dropout(self.self_attn(
             self.input_layernorm(hidden_states), position_ids, inv_freq, attn_mask, cache
-        )
-        return h + self.mlp(self.post_attention_layernorm(h))
+        ))
+        return h + self.dropout(self.mlp(self.post_attention_layernorm(h)))
 
     def decode_step(self, hidden_states, position_ids, inv_freq, attn_mask, cache):
         """``forward`` for one new token per row with a cache, as one fused op (``ops.decoder_step``): same math,
@@ -325,6 +365,8 @@ class Emu3Model(nn.Layer):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.LayerList([Emu3DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = Emu3RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.dropout = nn.Dropout(config.attention_dropout)  # the original's dropout on the input embeddings
+        self.gradient_checkpointing = False
         self._inv_freq = {}
 
     def inv_freq(self, kv_len):
@@ -341,13 +383,18 @@ class Emu3Model(nn.Layer):
         inv_freq = self.inv_freq(past + input_ids.shape[1])
         hidden = self.embed_tokens(input_ids)
         q_len = input_ids.shape[1]
+        if paddle.is_grad_enabled():
+            hidden = padding_row_frozen(hidden, input_ids, self.config.pad_token_id)
+        training = self.training
+        hidden = self.dropout(hidden)
         if attn_mask is None and q_len > 1 and (
-            attention_backend(hidden.dtype, past > 0, self.config.head_dim) == "math"
+            attention_backend(hidden.dtype, past > 0, self.config.head_dim, training) != "flash"
         ):
             slots = cache.capacity if cache is not None else q_len  # the causal mask, built once for all layers
             attn_mask = additive_mask(paddle.ones([1, slots], "int64"), q_len, past, hidden.dtype)
         fused = (
             q_len == 1
+            and not training
             and cache is not None
             and attn_mask is not None
             and attn_mask.dtype == paddle.float32
@@ -366,6 +413,8 @@ class Emu3Model(nn.Layer):
                     all_hidden.append(hidden)
                 if fused:
                     hidden = layer.decode_step(hidden, position_ids, inv_freq, attn_mask, cache)
+                elif training and self.gradient_checkpointing:
+                    hidden = recompute(layer, hidden, position_ids, inv_freq, attn_mask, None, use_reentrant=False)
                 else:
                     hidden = layer(hidden, position_ids, inv_freq, attn_mask, cache)
         if cache is not None:
@@ -397,6 +446,37 @@ def additive_mask(key_mask, q_len, past_len, dtype):
     return paddle.where(visible, zero, low).unsqueeze(1)
 
 
+# rows (token positions) per chunk of the loss: the float32 logits of one chunk are [LOSS_CHUNK_ROWS, vocab]
+LOSS_CHUNK_ROWS = 1024
+
+
+def _chunk_loss_sum(hidden, weight, targets):
+    """Summed cross-entropy of the rows of hidden [R, H] (logits hidden @ weight, float32) against targets [R]
+    (-100 = ignored), as logsumexp - target logit."""
+    logits = to_float32(ops.linear(hidden, weight))
+    valid = targets != -100
+    picked = paddle.take_along_axis(logits, paddle.where(valid, targets, paddle.zeros_like(targets)).unsqueeze(-1),
+                                    axis=-1).squeeze(-1)
+    top = logits.max(axis=-1, keepdim=True).detach()
+    lse = (logits - top).exp().sum(axis=-1).log() + top.squeeze(-1)
+    return paddle.where(valid, lse - picked, paddle.zeros_like(picked)).sum()
+
+
+def causal_lm_loss(hidden, lm_head_weight, labels, chunk_rows=LOSS_CHUNK_ROWS):
+    """The original's loss: mean cross-entropy of ``logits[:, :-1]`` against ``labels[:, 1:]`` over the targets
+    that are not -100, in float32. The logits are computed chunk_rows rows at a time and, while gradients are
+    recorded, recomputed chunk by chunk in the backward pass, so the full [B, L, V] float32 logits never exist."""
+    hidden = hidden[:, :-1].reshape([-1, hidden.shape[-1]])
+    targets = labels[:, 1:].reshape([-1]).astype("int64")
+    count = int((targets != -100).astype("int64").sum())
+    grad = paddle.is_grad_enabled() and not (hidden.stop_gradient and lm_head_weight.stop_gradient)
+    total = paddle.zeros([], "float32")
+    for i in range(0, targets.shape[0], chunk_rows):
+        args = (hidden[i: i + chunk_rows], lm_head_weight, targets[i: i + chunk_rows])
+        total = total + (recompute(_chunk_loss_sum, *args, use_reentrant=False) if grad else _chunk_loss_sum(*args))
+    return total / count if count else total * float("nan")
+
+
 class Emu3ForCausalLM(PretrainedModel):
     config_class = Emu3Config
     _tp_plan = {"lm_head": "vocab"}  # with config.base_model_tp_plan: see ``from_pretrained(tensor_parallel_degree=)``
@@ -423,6 +503,13 @@ class Emu3ForCausalLM(PretrainedModel):
     def dtype(self):
         return self.lm_head.weight.dtype
 
+    def gradient_checkpointing_enable(self):
+        """Recompute each decoder layer in the backward pass (training only) instead of keeping its activations."""
+        self.model.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self):
+        self.model.gradient_checkpointing = False
+
     def forward(
         self,
         input_ids,
@@ -431,12 +518,15 @@ class Emu3ForCausalLM(PretrainedModel):
         past_key_values=None,
         use_cache=False,
         output_hidden_states=False,
+        labels=None,
     ):
-        """Logits [B, L, V] (float32) of every position.
+        """Logits [B, L, V] (float32) of every position; with labels, the loss instead (``.logits`` is None).
 
         attention_mask: [B, past + L] of 1 (token) / 0 (padding), default all ones. position_ids: [B, L], default
         past..past+L-1 (as the original's plain forward, whatever the padding). past_key_values: an Emu3KVCache
-        from an earlier call with use_cache=True (returned in ``.past_key_values``).
+        from an earlier call with use_cache=True (returned in ``.past_key_values``). labels: [B, L] int64 target ids,
+        -100 where no loss is taken: ``.loss`` is the float32 mean cross-entropy of ``logits[:, :-1]`` against
+        ``labels[:, 1:]`` over the non-ignored targets (``causal_lm_loss``).
         """
         input_ids = paddle.to_tensor(input_ids, dtype="int64") if not isinstance(input_ids, paddle.Tensor) else input_ids
         if input_ids.ndim != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
@@ -473,7 +563,25 @@ class Emu3ForCausalLM(PretrainedModel):
                 attn_mask = additive_mask(key_mask, q_len, past, self.dtype)
         elif not bool(key_mask.astype("bool").all()):
             attn_mask = additive_mask(key_mask, q_len, 0, self.dtype)
+        if labels is not None:
+            if self.config.tensor_parallel_degree > 1:
+                raise ValueError("labels (training) need the whole model on each process: load it with "
+                                 "tensor_parallel_degree=1 (fine-tuning runs data parallel)")
+            labels = paddle.to_tensor(labels, dtype="int64") if not isinstance(labels, paddle.Tensor) else labels
+            if list(labels.shape) != [bsz, q_len]:
+                raise ValueError(f"labels must have the shape of input_ids {[bsz, q_len]}, got {list(labels.shape)}")
+            bad = labels.numpy()
+            bad = np.unique(bad[(bad != -100) & ((bad < 0) | (bad >= self.config.vocab_size))])
+            if bad.size:
+                raise ValueError(f"labels must be -100 or token ids below vocab_size {self.config.vocab_size}, "
+                                 f"got {bad[:10].tolist()}")
         hidden, all_hidden = self.model(input_ids, position_ids, attn_mask, cache, output_hidden_states)
+        if labels is not None:
+            return Emu3CausalLMOutput(
+                loss=causal_lm_loss(hidden, self.lm_head.weight, labels),
+                hidden_states=all_hidden if output_hidden_states else None,
+                past_key_values=cache if use_cache else None,
+            )
         logits = to_float32(self.lm_head(hidden))
         return Emu3CausalLMOutput(
             logits=logits,

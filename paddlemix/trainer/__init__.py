@@ -1,0 +1,1 @@
+"""Fine-tuning: data preparation, datasets and the training loop for Emu3."""
