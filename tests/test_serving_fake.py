@@ -235,3 +235,21 @@ def test_an_idle_scheduler_collects_a_burst_into_one_batch():
     finally:
         scheduler.shutdown()
         loop.close()
+
+
+def test_a_client_that_leaves_a_stream_cancels_its_request(fake):
+    engine, server = fake
+    before = httpx.get(f"{server.base_url}/health").json()["cancelled"]
+    engine.gate.clear()
+    try:
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions",
+                          json={"messages": [{"role": "user", "content": "bye"}], "stream": True}) as response:
+            first = next(response.iter_lines())
+            assert first.startswith("data: ") and '"assistant"' in first
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.base_url}/health").json()["cancelled"] == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{server.base_url}/health").json()["cancelled"] == before + 1
+    finally:
+        engine.gate.set()
+    assert httpx.get(f"{server.base_url}/health").json()["status"] == "ok"
