@@ -9,6 +9,8 @@ host's processes). ``init`` starts the process group (gloo on CPU, NCCL on GPU) 
 import logging
 import os
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 
@@ -136,6 +138,12 @@ class Launch:
             return list(items)
         gathered = all_gather_object(list(items))
         return [x for part in gathered for x in part] if self.rank == 0 else []
+
+
+def request_seed(seed, index):
+    """The sampling seed of request ``index`` in a run seeded with ``seed`` (an int from numpy's SeedSequence of
+    both): each prompt gets its own stream, the same whichever batch or process it runs in."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def read_prompts_file(path):

@@ -48,7 +48,7 @@ def main(fixtures, out, tiny, other):
                   image_size=t2i["image_size"], progress=False)
     res["t2i_greedy"] = model.generate(t2i["input_ids"], **kwargs).numpy()
     res["t2i_sampled"] = model.generate(t2i["input_ids"], do_sample=True, top_k=100, seed=7, **kwargs).numpy()
-    res["t2i_row_seeds"] = model.generate(t2i["input_ids"], do_sample=True, top_k=100, seed=[[7, 0], [7, 1]],
+    res["t2i_row_seeds"] = model.generate(t2i["input_ids"], do_sample=True, top_k=100, seed=[70, 71],
                                           **kwargs).numpy()
     res["t2i_unseeded"] = model.generate(t2i["input_ids"], do_sample=True, **kwargs).numpy()
     vqa = np.load(os.path.join(refs, "gen_vqa_batch.npz"))
@@ -58,6 +58,10 @@ def main(fixtures, out, tiny, other):
     with paddle.no_grad():
         res["last_logits"] = model(fwd["input_ids"], attention_mask=fwd["attention_mask"]).logits.numpy()[:, -1]
     del model
+    hf_folder = os.path.join(os.path.dirname(os.path.abspath(fixtures)), "public_hf")  # transformers' -hf layout
+    with paddle.no_grad():
+        res["hf_last_logits"] = Emu3ForCausalLM.from_pretrained(hf_folder)(
+            fwd["input_ids"], attention_mask=fwd["attention_mask"]).logits.numpy()[:, -1]
 
     # a vocabulary, intermediate size the degree does not divide: the split is uneven
     tiny_tp = Emu3ForCausalLM.from_pretrained(tiny)

@@ -611,6 +611,8 @@ def test_decoder_step_in_the_model_equals_the_unfused_layers(fixtures_dir, monke
 
     got, got_cache, _ = decode(True)
     assert calls == [layers] * 3
+    # default positions continue the cache: the original's plain forward (refs "logits") at the real tokens
+    assert np.abs(got - ref["logits"][:, split:])[mask[:, split:].astype(bool)].max() < 1e-4
     want, want_cache, want_hidden = decode(False, hidden_states=True)
     assert calls == [layers] * 3
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

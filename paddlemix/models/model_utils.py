@@ -47,12 +47,15 @@ def on_gpu():
 
 
 def resolve_dtype(dtype):
-    """The dtype the model computes in. bf16/fp16 need a GPU: on CPU they are upcast to float32, with a log line."""
+    """The dtype the model computes in. bf16/fp16 need a GPU: on CPU they are upcast to float32, with a log line.
+    ``"auto"``: what suits the device, bfloat16 on a GPU and float32 (the only CPU compute dtype) on CPU."""
     if dtype is None:
         return "float32"
+    if dtype == "auto":
+        return "bfloat16" if on_gpu() else "float32"
     name = str(dtype).replace("paddle.", "")
     if name not in _DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; use one of float32, bfloat16, float16")
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of auto, float32, bfloat16, float16")
     name = _DTYPES[name]
     if name != "float32" and not on_gpu():
         logger.warning(
@@ -189,19 +192,21 @@ class PretrainedModel(nn.Layer):
         the launched processes (defaults: PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID, i.e. 1 / 0 outside a launch);
         the process group is started here unless the caller already did, and each rank reads only its slices.
         """
-        folder = resolve_model_dir(path_or_repo_id, None if config is not None else CONFIG_NAME)
-        if config is None:
-            config = cls.config_class.from_pretrained(folder, **config_overrides)
         degree, rank = 1, 0
         if cls._tp_plan is not None:
             degree, rank = tensor_parallel.resolve(tensor_parallel_degree, tensor_parallel_rank)
         elif tensor_parallel_degree not in (None, 1):
             raise ValueError(f"{cls.__name__} has no tensor-parallel plan: load it with tensor_parallel_degree=1")
+        if degree > 1:  # before anything that could fail on one rank only (the others would wait for it)
+            distributed.init()
+            path = str(path_or_repo_id)
+            distributed.check_same(os.path.realpath(path) if os.path.exists(path) else path, "the model path")
+        folder = resolve_model_dir(path_or_repo_id, None if config is not None else CONFIG_NAME)
+        if config is None:
+            config = cls.config_class.from_pretrained(folder, **config_overrides)
         if degree > 1:
             config = copy.deepcopy(config)  # the loaded model's config records its degree and rank
             tensor_parallel.check_degree(config, degree)
-            distributed.init()
-            distributed.check_same(os.path.realpath(folder), "the model path")
         target = resolve_dtype(dtype)
         files = checkpoint_files(folder)
         old = paddle.get_default_dtype()

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from paddlemix import set_cpu_threads
-from paddlemix.distributed import PARALLEL_HELP, Launch, is_main
+from paddlemix.distributed import Launch, is_main
 from paddlemix.models.emu3 import Emu3VisionVQImageProcessor, Emu3VisionVQModel
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -97,9 +97,11 @@ def main(argv=None):
     parser.add_argument("--output_dir", default="autoencode_output", help="where the reconstructions are written")
     parser.add_argument("--threads", type=int,
                         help="CPU threads (default: every CPU, shared among the processes of a launch)")
-    parser.add_argument("--parallel", choices=["tensor", "data"], help=PARALLEL_HELP)
+    parser.add_argument("--parallel", choices=["tensor", "data"],
+                        help="accepted as by the other scripts; launched processes always share the images out")
     parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="bf16/fp16 need a GPU"
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="float32 as the original; bf16/fp16 need a GPU and change the codes",
     )
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
@@ -144,4 +146,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        sys.exit(f"error: {e}")

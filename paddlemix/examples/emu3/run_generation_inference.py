@@ -30,7 +30,7 @@ import os
 import sys
 
 from paddlemix import set_cpu_threads
-from paddlemix.distributed import PARALLEL_HELP, Launch, read_prompts_file
+from paddlemix.distributed import PARALLEL_HELP, Launch, read_prompts_file, request_seed
 from paddlemix.models.emu3.hf_layout import resolve_model_paths
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 from paddlemix.models.emu3.image_processing_emu3visionvq import Emu3VisionVQImageProcessor
@@ -60,8 +60,10 @@ def parse_args(argv=None):
     parser.add_argument("--ratio", action="append",
                         help='aspect ratio "W:H" (default 1:1); one for all prompts or one per prompt')
     parser.add_argument("--image_area", type=int, help="pixels of the image (default: the model config's image_area; 518400 for an -hf folder)")
-    parser.add_argument("--height", type=int, help="image height in pixels (with --width, instead of ratio/area)")
-    parser.add_argument("--width", type=int, help="image width in pixels (with --height)")
+    parser.add_argument("--height", type=int,
+                        help="with --width: the image area is height*width (PaddleMIX's meaning); the aspect is "
+                             "--ratio when given, else width:height")
+    parser.add_argument("--width", type=int, help="see --height")
     parser.add_argument("--positive_prompt", default=POSITIVE_PROMPT, help="suffix appended to every prompt")
     parser.add_argument("--no_positive_prompt", action="store_true", help="do not append the positive suffix")
     parser.add_argument("--negative_prompt", default=NEGATIVE_PROMPT, help="negative prompt for guidance")
@@ -72,8 +74,10 @@ def parse_args(argv=None):
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     parser.add_argument("--seed", type=int, help="makes sampling reproducible")
     parser.add_argument("--max_new_tokens", type=int, help="new-token budget (default: exactly the image grid)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-                        help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="LM compute dtype (auto: bfloat16 on a GPU, float32 on CPU, where bf16/fp16 cannot run)")
+    parser.add_argument("--vq_dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="vision tokenizer dtype (float32 as the original; bf16 changes the decoded pixels)")
     parser.add_argument("--output_dir", default="outputs", help="where the PNGs go")
     parser.add_argument("--threads", type=int,
                         help="CPU threads (default: every CPU, shared among the processes of a launch)")
@@ -104,9 +108,9 @@ def parse_args(argv=None):
     if args.height is not None:
         if args.height <= 0 or args.width <= 0:
             parser.error("--height and --width must be positive")
-        if args.ratio or args.image_area:
-            parser.error("--height/--width replace --ratio and --image_area; give one or the other")
-        args.ratio = [f"{args.width}:{args.height}"]
+        if args.image_area:
+            parser.error("--height/--width set the image area (height*width): give them or --image_area, not both")
+        args.ratio = args.ratio or [f"{args.width}:{args.height}"]
         args.image_area = args.height * args.width
     args.ratio = args.ratio or ["1:1"]
     if len(args.ratio) not in (1, len(args.prompt)):
@@ -129,7 +133,7 @@ def main(argv=None):
     vq_model_path, tokenizer_path = resolve_model_paths(args.model_path, args.vq_model_path, args.tokenizer_path)
     tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
     image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
-    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.dtype)
+    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.vq_dtype)
     model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype,
                                             tensor_parallel_degree=launch.tensor_parallel_degree)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
@@ -158,7 +162,7 @@ def main(argv=None):
         top_k=args.top_k,
         top_p=args.top_p,
         temperature=args.temperature,
-        seed=None if args.seed is None else [[args.seed, i] for i in mine],
+        seed=None if args.seed is None else [request_seed(args.seed, i) for i in mine],
         progress=True,
     ).numpy()
     os.makedirs(args.output_dir, exist_ok=True)

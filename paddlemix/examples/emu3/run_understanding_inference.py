@@ -31,10 +31,10 @@ import itertools
 import os
 import sys
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from paddlemix import set_cpu_threads
-from paddlemix.distributed import PARALLEL_HELP, Launch, is_main
+from paddlemix.distributed import PARALLEL_HELP, Launch, is_main, request_seed
 from paddlemix.models.emu3 import (
     ChatSession,
     Emu3Processor,
@@ -77,6 +77,13 @@ def pair_up(images, questions):
     )
 
 
+def open_image(path):
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read {path} as an image ({e})") from None
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", default="BAAI/Emu3-Chat", help="Emu3 chat model folder or hub id")
@@ -114,8 +121,12 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     parser.add_argument("--seed", type=int, help="makes sampling reproducible")
     parser.add_argument(
-        "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-        help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)",
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="LM compute dtype (auto: bfloat16 on a GPU, float32 on CPU, where bf16/fp16 cannot run)",
+    )
+    parser.add_argument(
+        "--vq_dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="vision tokenizer dtype (float32 as the original; bf16 changes the image codes)",
     )
     parser.add_argument("--threads", type=int,
                         help="CPU threads (default: every CPU, shared among the processes of a launch)")
@@ -159,7 +170,7 @@ def main(argv=None):
     vq_model_path, tokenizer_path = resolve_model_paths(args.model_path, args.vq_model_path, args.tokenizer_path)
     tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
     image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
-    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.dtype)
+    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.vq_dtype)
     model = Emu3ForCausalLM.from_pretrained(args.model_path, dtype=args.dtype,
                                             tensor_parallel_degree=launch.tensor_parallel_degree)
     processor = Emu3Processor(image_processor, vision_tokenizer, tokenizer, image_area=model.config.image_area)
@@ -188,7 +199,7 @@ def main(argv=None):
             print("Answer 0: ", end="", flush=True)
         streamer = TextStreamer(processor.tokenizer, callback=None if is_main() else (lambda text: None))
     outputs = model.generate(inputs.input_ids, attention_mask=inputs.attention_mask, streamer=streamer,
-                             seed=None if args.seed is None else [[args.seed, i] for i in mine], **sampling)
+                             seed=None if args.seed is None else [request_seed(args.seed, i) for i in mine], **sampling)
     answers = processor.batch_decode(outputs[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
     gathered = launch.gather([(mine[row], answers[row]) for row in launch.split(range(len(mine)))])
     if not args.stream:
@@ -200,7 +211,7 @@ def main(argv=None):
 def build_inputs(args, processor, rows):
     """The model inputs of the questions ``rows``: the chat format (or --stage1's), their images in place."""
     questions = [args.question[i] for i in rows]
-    images = [[Image.open(path) for path in args.images[i]] for i in rows]
+    images = [[open_image(path) for path in args.images[i]] for i in rows]
     if args.stage1:
         flat = [im for row in images for im in row]  # one per question, or one per <image> placeholder
         return processor(questions, flat or None, mode="U", padding_image=args.padding_image,
@@ -220,7 +231,7 @@ def build_inputs(args, processor, rows):
 def chat(args, model, processor, sampling):
     """The --chat loop: the turns of --question and stdin (one per line) until EOF or /exit; /reset starts over."""
     session = ChatSession(model, processor, system_prompt=args.system_prompt, padding_image=args.padding_image)
-    images = [Image.open(path) for path in args.image_path]
+    images = [open_image(path) for path in args.image_path]
     interactive = sys.stdin.isatty()
     for line in itertools.chain(args.question, iter(lambda: read_line(interactive), None)):
         question = line.strip()
@@ -228,7 +239,7 @@ def chat(args, model, processor, sampling):
             break
         if question == "/reset":
             session.reset()
-            images = [Image.open(path) for path in args.image_path]
+            images = [open_image(path) for path in args.image_path]
             continue
         if not question:
             continue
@@ -254,4 +265,7 @@ def read_line(interactive):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        sys.exit(f"error: {e}")

@@ -6,6 +6,7 @@ from .modeling_emu3 import Emu3ForCausalLM, Emu3KVCache, Emu3Model
 from .modeling_emu3visionvq import Emu3VisionVQModel
 from .processing_emu3 import Emu3Processor
 from .streaming import TextIteratorStreamer, TextStreamer
+from .token_ids import check_token_ids
 from .tokenization_emu3 import Emu3Tokenizer
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "Emu3VisionVQModel",
     "TextIteratorStreamer",
     "TextStreamer",
+    "check_token_ids",
     "smart_resize",
 ]

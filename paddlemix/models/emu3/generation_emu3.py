@@ -34,6 +34,7 @@ from ... import ops
 from ...distributed import is_main
 from ..model_utils import on_gpu
 from .modeling_emu3 import Emu3KVCache, additive_mask, to_float32
+from .token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,10 @@ logger = logging.getLogger(__name__)
 def _int_array(value, name):
     if isinstance(value, paddle.Tensor):
         value = value.numpy()
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a rectangular array (rows of equal length; pad them)") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
     return arr.astype(np.int64)
@@ -69,6 +73,12 @@ def _prompt(ids, mask, name):
     empty = np.flatnonzero(mask.sum(axis=1) == 0)
     if empty.size:
         raise ValueError(f"{name} row(s) {empty.tolist()} are empty (attention mask all 0)")
+    right = np.flatnonzero(mask[:, -1] == 0)
+    if right.size:
+        raise ValueError(
+            f"{name} row(s) {right.tolist()} end with padding: generation continues after the last token, so pad "
+            "prompts on the left (the tokenizer's padding_side='left')"
+        )
     return ids, mask
 
 
@@ -128,13 +138,27 @@ def _left_pad(ids, mask, length, pad_id):
     )
 
 
-def _check_sampling(top_k, top_p, temperature):
-    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0):
+def _is_number(v):
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+
+
+def _is_natural(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
+
+
+def _check_sampling(top_k, top_p, temperature, seed):
+    if top_k is not None and not _is_natural(top_k):
         raise ValueError(f"top_k must be a non-negative integer or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+    if top_p is not None and not (_is_number(top_p) and 0.0 < float(top_p) <= 1.0):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if temperature is None or not float(temperature) > 0.0:
+    if not (_is_number(temperature) and float(temperature) > 0.0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    # seed: an int, or one per row, each an int or a non-empty sequence of ints (numpy's SeedSequence entropy)
+    if seed is not None:
+        rows = seed if isinstance(seed, (list, tuple, np.ndarray)) else [seed]
+        entropies = [row if isinstance(row, (list, tuple, np.ndarray)) else [row] for row in rows]
+        if not all(len(e) and all(map(_is_natural, e)) for e in entropies):
+            raise ValueError(f"seed must be a non-negative integer, one per row, or None; got {seed!r}")
 
 
 @dataclass
@@ -149,7 +173,7 @@ class _Request:
     grid: Optional[tuple]  # (height [B], width [B], first_offset [B]) for image generation
     steps: int  # decode steps (new tokens at most)
     sampling: Optional[tuple]  # (top_k, top_p, temperature) when sampling
-    seed: Optional[object]  # an int, one per row, or None
+    seed: object  # None, one int, or one int per row
     past: int = 0  # tokens already in past_key_values (a chat's earlier turns)
 
     @property
@@ -204,9 +228,9 @@ def generate(
         and generation ends after the longest grid; prompt + grid beyond max_position_embeddings is an error.
         Without it (default: up to max_position_embeddings) it is capped at max_position_embeddings, with a warning.
     do_sample: sample (top_k, top_p, temperature as transformers' warpers) instead of greedy argmax.
-    seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device); a list
-        of one seed per row (each an int or a sequence of ints) gives each row its own stream, independent of the
-        batch it runs in (data-parallel generation relies on that).
+    seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device). A list
+        of B seeds gives each row its own stream, so a row's result does not depend on the rows batched with it
+        (row i of a batch equals a one-row run with seed[i]).
     progress: a tqdm bar over the new tokens (shown by rank 0 only when launched with several processes).
     past_key_values: an ``Emu3KVCache`` holding the first ``past_key_values.length`` tokens of every row (e.g. the
         earlier turns of a chat); input_ids [B, L] (no padding) continue them, and the cache is filled in place
@@ -215,6 +239,8 @@ def generate(
         ``put(new tokens [B])`` after every step, then ``end()``.
     Rows that produced eos continue with pad_token_id; generation stops once every row has.
     """
+    if streamer is not None and not all(callable(getattr(streamer, m, None)) for m in ("put", "end")):
+        raise ValueError(f"streamer must have put(token_ids) and end() methods, got {type(streamer).__name__}")
     req = _validate(
         model.config, input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, guidance_scale,
         image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed, past_key_values,
@@ -235,9 +261,12 @@ def _validate(config, input_ids, attention_mask, negative_prompt_ids, negative_p
               image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed, past_key_values=None):
     """Every argument checked (a ValueError naming the problem) and the number of steps fixed: a ``_Request``."""
     ids, mask = _prompt(input_ids, attention_mask, "input_ids")
+    check_token_ids(ids, config.vocab_size, "input_ids")
     batch, prompt_len = ids.shape
-    if guidance_scale is not None and not isinstance(guidance_scale, (int, float, np.number)):
-        raise ValueError(f"guidance_scale must be a number or None, got {guidance_scale!r}")
+    if guidance_scale is not None and (
+        not isinstance(guidance_scale, (int, float, np.number)) or not np.isfinite(guidance_scale)
+    ):
+        raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale!r}")
     use_cfg = guidance_scale is not None and float(guidance_scale) != 1.0
     neg_ids = neg_mask = None
     if use_cfg:
@@ -245,6 +274,7 @@ def _validate(config, input_ids, attention_mask, negative_prompt_ids, negative_p
             neg_ids, neg_mask = ids[:, -1:].copy(), np.ones((batch, 1), np.int64)
         else:
             neg_ids, neg_mask = _prompt(negative_prompt_ids, negative_prompt_attention_mask, "negative_prompt_ids")
+            check_token_ids(neg_ids, config.vocab_size, "negative_prompt_ids")
             if neg_ids.shape[0] != batch:
                 raise ValueError(
                     f"negative_prompt_ids has {neg_ids.shape[0]} rows but input_ids has {batch}: give one per prompt"
@@ -300,7 +330,7 @@ def _validate(config, input_ids, attention_mask, negative_prompt_ids, negative_p
             f"{config.max_position_embeddings}"
         )
     if do_sample:
-        _check_sampling(top_k, top_p, temperature)
+        _check_sampling(top_k, top_p, temperature, seed)
     if isinstance(seed, (list, tuple, np.ndarray)) and len(seed) != batch:
         raise ValueError(f"seed holds {len(seed)} per-row seeds for {batch} prompts: give one int, or one per prompt")
     return _Request(
@@ -318,6 +348,16 @@ def _guided_batch(req, pad_id):
     return np.concatenate([ids_c, ids_u]), np.concatenate([mask_c, mask_u])
 
 
+def _seeded_uniforms(seed, steps, batch):
+    """float32 [steps, batch] uniforms: one default_rng(seed) stream over the whole array, or one stream per row."""
+    if np.ndim(seed) == 0:
+        return np.random.default_rng(seed).random((steps, batch), dtype=np.float32)
+    seeds = _int_array(seed, "seed")
+    if seeds.ndim != 1 or seeds.shape[0] != batch:
+        raise ValueError(f"seed must be one integer or a list of {batch} (one per row), got shape {list(seeds.shape)}")
+    return np.stack([np.random.default_rng(int(s)).random(steps, dtype=np.float32) for s in seeds], axis=1)
+
+
 def _plan_steps(model, req):
     """The allowed-id table, the logits each step needs and the sampling uniforms, all before the first step.
 
@@ -332,22 +372,13 @@ def _plan_steps(model, req):
     visual_head = model.lm_head.column_slice(config.first_visual_token_id) if "visual" in kinds else None
     uniforms = None
     if req.sampling is not None:
-        uniforms = _uniforms(req.seed, req.steps, req.batch, model.config.tensor_parallel_degree)
+        if req.seed is not None:
+            uniforms = paddle.to_tensor(_seeded_uniforms(req.seed, req.steps, req.batch))
+        else:
+            uniforms = paddle.rand([req.steps, req.batch], dtype="float32")
+            if model.config.tensor_parallel_degree > 1:  # every rank samples with rank 0's uniforms
+                paddle.distributed.broadcast(uniforms, src=0)
     return _Plan(allowed, kinds, visual_head, uniforms)
-
-
-def _uniforms(seed, steps, batch, tp_degree):
-    """The sampling uniforms [steps, batch]: numpy ``default_rng(seed)`` for an int seed; with one seed per row
-    (a list), row b's column is ``default_rng(seed[b]).random(steps)``, so a request samples the same tokens whatever
-    batch it is in; without a seed, ``paddle.rand`` (under tensor parallelism rank 0's, so every rank agrees)."""
-    if seed is None:
-        uniforms = paddle.rand([steps, batch], dtype="float32")
-        if tp_degree > 1:
-            paddle.distributed.broadcast(uniforms, src=0)
-        return uniforms
-    if isinstance(seed, (list, tuple, np.ndarray)):
-        return paddle.to_tensor(np.stack([np.random.default_rng(s).random(steps, dtype=np.float32) for s in seed], 1))
-    return paddle.to_tensor(np.random.default_rng(seed).random((steps, batch), dtype=np.float32))
 
 
 def _prefill(model, req, all_ids, all_mask, past_key_values=None):

@@ -280,6 +280,10 @@ class Emu3VisionVQImageProcessor:
         x = _to_numpy(pixel_values)
         if x.ndim not in (3, 4, 5) or x.shape[-3] != 3:
             raise ValueError(f"pixel_values must be [3,H,W], [N,3,H,W] or [B,T,3,H,W], got shape {list(x.shape)}")
+        if x.dtype.kind != "f":
+            raise ValueError(f"pixel_values must be floating point (normalized pixels), got {x.dtype}")
+        if not np.isfinite(x).all():
+            raise ValueError("pixel_values hold NaN or infinite values (a decode in float16 that overflowed?)")
         if not self.do_rescale:
             raise ValueError("postprocess needs do_rescale=True to produce 8-bit images")
         x = x.reshape((-1,) + x.shape[-3:]).astype(np.float32, copy=False)

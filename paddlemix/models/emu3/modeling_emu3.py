@@ -23,6 +23,7 @@ from paddle.distributed.fleet.utils import recompute
 from ... import ops
 from ..model_utils import PretrainedModel, on_gpu
 from .configuration_emu3 import Emu3Config
+from .token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -427,6 +428,18 @@ class Emu3Model(nn.Layer):
         return hidden, all_hidden
 
 
+def _integer_tensor(value, name):
+    """value (tensor, array or list) as an integer paddle.Tensor; ValueError for floats and other non-integers."""
+    if not isinstance(value, paddle.Tensor):
+        array = np.asarray(value)
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")
+        return paddle.to_tensor(array.astype(np.int64))
+    if value.dtype not in (paddle.int64, paddle.int32, paddle.int16, paddle.int8, paddle.uint8):
+        raise ValueError(f"{name} must hold integers, got dtype {value.dtype}")
+    return value
+
+
 def additive_mask(key_mask, q_len, past_len, dtype):
     """[B, 1, q_len, S] additive mask for queries at slots past_len .. past_len+q_len-1 over S = key_mask.shape[1]
     key slots: a key is visible when its slot is not after the query's (causal) and key_mask is 1 there.
@@ -528,22 +541,27 @@ class Emu3ForCausalLM(PretrainedModel):
         -100 where no loss is taken: ``.loss`` is the float32 mean cross-entropy of ``logits[:, :-1]`` against
         ``labels[:, 1:]`` over the non-ignored targets (``causal_lm_loss``).
         """
-        input_ids = paddle.to_tensor(input_ids, dtype="int64") if not isinstance(input_ids, paddle.Tensor) else input_ids
+        input_ids = _integer_tensor(input_ids, "input_ids")
         if input_ids.ndim != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
             raise ValueError(f"input_ids must be a non-empty [batch, length] array, got shape {list(input_ids.shape)}")
+        check_token_ids(input_ids, self.config.vocab_size, "input_ids")
         bsz, q_len = input_ids.shape
         cache = past_key_values
         if cache is not None and not isinstance(cache, Emu3KVCache):
             raise ValueError("past_key_values must be the Emu3KVCache returned by an earlier forward with use_cache=True")
+        if cache is not None and cache.keys[0].shape[0] != bsz:
+            raise ValueError(f"past_key_values holds {cache.keys[0].shape[0]} rows but input_ids has {bsz}")
         if cache is None and use_cache:
             cache = Emu3KVCache.for_model(self.config, bsz, q_len, self.dtype)
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = paddle.arange(past, past + q_len, dtype="int64").unsqueeze(0).expand([bsz, q_len])
         else:
-            position_ids = paddle.to_tensor(position_ids, dtype="int64") if not isinstance(position_ids, paddle.Tensor) else position_ids
+            position_ids = _integer_tensor(position_ids, "position_ids")
             if list(position_ids.shape) != [bsz, q_len]:
                 raise ValueError(f"position_ids must have shape {[bsz, q_len]}, got {list(position_ids.shape)}")
+            if int(position_ids.min()) < 0:
+                raise ValueError(f"position_ids must be >= 0, got a minimum of {int(position_ids.min())}")
         if attention_mask is None:
             key_mask = paddle.ones([bsz, past + q_len], "int64")
         else:
@@ -553,6 +571,8 @@ class Emu3ForCausalLM(PretrainedModel):
                     f"attention_mask must have shape {[bsz, past + q_len]} (past + new tokens), "
                     f"got {list(key_mask.shape)}"
                 )
+            if key_mask.dtype != paddle.bool and bool(((key_mask != 0) & (key_mask != 1)).any()):
+                raise ValueError("attention_mask must hold only 1 (token) and 0 (padding)")
         attn_mask = None
         if cache is not None:
             cache.reserve(past + q_len)

@@ -506,6 +506,8 @@ class Emu3VisionVQModel(PretrainedModel):
             )
         if shape[0] == 0:
             raise ValueError("pixel_values has an empty batch")
+        if not bool(paddle.isfinite(pixel_values).all()):
+            raise ValueError("pixel_values hold NaN or infinite values")
         return pixel_values.astype(self.dtype) if pixel_values.dtype != self.dtype else pixel_values
 
     def _codes(self, codes):

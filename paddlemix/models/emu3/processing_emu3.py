@@ -13,6 +13,7 @@ from .configuration_emu3 import Emu3Config
 from .hf_layout import resolve_model_paths
 from .image_processing_emu3visionvq import Emu3VisionVQImageProcessor
 from .modeling_emu3visionvq import Emu3VisionVQModel
+from .token_ids import check_token_ids
 from .tokenization_emu3 import BatchEncoding, Emu3Tokenizer, ids_to_array, to_tensor
 
 logger = logging.getLogger(__name__)
@@ -196,13 +197,15 @@ class Emu3Processor:
         if mode == "G":
             if image is not None:
                 raise ValueError("mode 'G' (text-to-image) takes no image; use mode 'U' to ask about an image")
+            if not isinstance(ratio, (str, list, tuple)):
+                raise ValueError(f"ratio must be a 'W:H' string or a list of them, got {ratio!r}")
             ratios = [ratio] if isinstance(ratio, str) else list(ratio)
             if len(ratios) == 1:
                 ratios = ratios * len(texts)
             if len(ratios) != len(texts):
                 raise ValueError(f"got {len(ratios)} ratios for {len(texts)} prompts: pass one ratio or one per prompt")
             area = self.image_area if image_area is None else image_area
-            if isinstance(area, bool) or not isinstance(area, (int, float)) or area <= 0:
+            if isinstance(area, bool) or not isinstance(area, (int, float)) or not 0 < area < math.inf:
                 raise ValueError(f"image_area must be a positive number of pixels, got {area!r}")
             for text_prompt, r in zip(texts, ratios):
                 h, w = calculate_generate_size(r, area, self.spatial_factor)
@@ -349,7 +352,11 @@ class Emu3Processor:
     def codes_to_string(self, codes):
         """The visual-token text of a code grid ``[h, w]``: each row's tokens, rows joined by eol."""
         strings = self.visual_token_strings
-        return self.tokenizer.eol_token.join("".join([strings[c] for c in row]) for row in np.asarray(codes).tolist())
+        codes = np.asarray(codes)
+        if codes.ndim != 2:
+            raise ValueError(f"codes must be a [h, w] grid, got shape {list(codes.shape)}")
+        check_token_ids(codes, self.codebook_size, "codes")
+        return self.tokenizer.eol_token.join("".join([strings[c] for c in row]) for row in codes.tolist())
 
     def tokenize_image(self, images, padding_image=False):
         """Code grids (numpy int64 ``[h, w]``, one per image) of PIL images.
@@ -417,6 +424,7 @@ class Emu3Processor:
     def _split_pieces(self, ids, skip_special_tokens):
         """Text pieces (str) and code grids (np.ndarray) of one id array."""
         tok = self.tokenizer
+        check_token_ids(ids, tok.vocab_size, "token_ids")  # also inside images, where ids are not decoded as text
         if skip_special_tokens:
             text = tok.decode(ids, skip_special_tokens=True)
             return [text] if text else []

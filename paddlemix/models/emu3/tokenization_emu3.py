@@ -23,6 +23,7 @@ import numpy as np
 import tiktoken
 
 from ..configuration_utils import resolve_model_dir
+from .token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -416,9 +417,7 @@ class Emu3Tokenizer:
 
     def _checked_ids(self, ids):
         ids = ids_to_array(ids)
-        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-        if bad.size:
-            raise ValueError(f"token ids out of range [0, {self.vocab_size}): {bad[:8].tolist()}")
+        check_token_ids(ids, self.vocab_size, "token_ids")
         return ids
 
     def decode(self, token_ids, skip_special_tokens=False, errors=None):
@@ -461,6 +460,8 @@ class Emu3Tokenizer:
             (zeros), each ``[B, L]`` (or ``[L]`` lists for a single str with ``return_tensors=None``).
         """
         single = isinstance(text, str)
+        if not single and not isinstance(text, (list, tuple)):
+            raise TypeError(f"text must be a str or a non-empty list of str, got {type(text).__name__}")
         texts = [text] if single else list(text)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise TypeError("text must be a str or a non-empty list of str")
@@ -472,6 +473,8 @@ class Emu3Tokenizer:
             raise ValueError(f"padding must be 'longest', 'max_length', 'do_not_pad', True or False, got {padding!r}")
         if (padding == "max_length" or truncation) and max_length is None:
             raise ValueError("padding='max_length' and truncation=True need max_length")
+        if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
+            raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
         side = self.padding_side if padding_side is None else padding_side
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
