@@ -202,7 +202,6 @@ def test_serve_script_rejects_bad_arguments(fixtures_dir, capsys):
     assert args.gen_model_path == args.chat_model_path == str(fixtures_dir / "llm") and args.max_batch_size == 4
     for argv, message in (
         ([], "--gen_model_path"),
-        (["--gen_model_path", "x"], "--vq_model_path"),
         (["--demo", demo, "--port", "70000"], "--port"),
         (["--demo", demo, "--max_batch_size", "0"], "--max_batch_size"),
         (["--demo", demo, "--timeout", "0"], "--timeout"),

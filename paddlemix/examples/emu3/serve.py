@@ -31,7 +31,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gen_model_path", help="Emu3 generation model folder or hub id (serves images)")
     parser.add_argument("--chat_model_path", help="Emu3 chat model folder or hub id (serves chat)")
-    parser.add_argument("--vq_model_path", help="vision tokenizer folder or hub id")
+    parser.add_argument("--vq_model_path",
+                        help="vision tokenizer folder or hub id (default: the model folder for an -hf checkpoint, "
+                             "else BAAI/Emu3-VisionTokenizer)")
     parser.add_argument("--tokenizer_path", help="folder with emu3.tiktoken (default: a model path)")
     parser.add_argument("--demo", metavar="DIR",
                         help="a folder with llm/, vision_tokenizer/ and tokenizer/ (the fixtures' layout): its LM "
@@ -51,8 +53,10 @@ def parse_args(argv=None):
                         help="most pixels of an uploaded image (larger ones get 400)")
     parser.add_argument("--graceful_timeout", type=float, default=30.0,
                         help="seconds running requests get to finish after Ctrl-C")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-                        help="compute dtype (bf16/fp16 need a GPU; on CPU float32 is used)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="LM compute dtype (auto: bfloat16 on a GPU, float32 on CPU, where bf16/fp16 cannot run)")
+    parser.add_argument("--vq_dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="vision tokenizer dtype (float32 as the original; bf16 changes the decoded pixels)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU); Paddle alone uses one")
     parser.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -65,8 +69,6 @@ def parse_args(argv=None):
         args.tokenizer_path = os.path.join(args.demo, "tokenizer")
     if not args.gen_model_path and not args.chat_model_path:
         parser.error("give --gen_model_path, --chat_model_path (or both), or --demo")
-    if not args.vq_model_path:
-        parser.error("--vq_model_path is required")
     if not 0 < args.port < 65536:
         parser.error("--port must be in 1..65535")
     for name in ("max_batch_size", "max_queue", "max_tokens", "threads", "max_image_area", "max_image_pixels"):
@@ -81,14 +83,15 @@ def parse_args(argv=None):
 def build_engine(args):
     """Load the models once (the two paths may be the same folder: then one model serves both endpoints)."""
     from paddlemix.models.emu3 import Emu3Processor, Emu3Tokenizer, Emu3VisionVQImageProcessor, Emu3VisionVQModel
+    from paddlemix.models.emu3.hf_layout import resolve_model_paths
     from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
     from paddlemix.serving import Emu3Engine
 
-    tokenizer = Emu3Tokenizer.from_pretrained(
-        args.tokenizer_path or args.gen_model_path or args.chat_model_path, padding_side="left"
-    )
-    image_processor = Emu3VisionVQImageProcessor.from_pretrained(args.vq_model_path)
-    vision_tokenizer = Emu3VisionVQModel.from_pretrained(args.vq_model_path, dtype=args.dtype)
+    vq_model_path, tokenizer_path = resolve_model_paths(args.gen_model_path or args.chat_model_path,
+                                                        args.vq_model_path, args.tokenizer_path)
+    tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_path, padding_side="left")
+    image_processor = Emu3VisionVQImageProcessor.from_pretrained(vq_model_path)
+    vision_tokenizer = Emu3VisionVQModel.from_pretrained(vq_model_path, dtype=args.vq_dtype)
     gen = Emu3ForCausalLM.from_pretrained(args.gen_model_path, dtype=args.dtype) if args.gen_model_path else None
     if args.chat_model_path and args.chat_model_path == args.gen_model_path:
         chat = gen
