@@ -14,12 +14,15 @@ and ``PrefixConstrainedLogitsProcessor(Emu3PrefixConstrainedLogitsHelper)``) by 
   only over the visual columns when every row must emit a visual token, and not at all for forced tokens;
 * the host reads device values only to stop text generation early (once per step on CPU, every 8 steps on GPU).
 
-``generate(model, ...)`` reads as its steps: ``_validate`` (every argument, the number of steps) -> ``_guided_batch``
-(conditional + unconditional rows) -> ``_plan_steps`` (allowed-id table, per-step logits kind, sampling uniforms) ->
-``_prefill`` (KV cache, masks, prompt pass) -> ``_decode`` (the step loop; ``_choose`` picks one step's tokens) ->
-``_collect``. Imports run one way: this module imports the model file, which does not import it at module level
-(``Emu3ForCausalLM.generate`` reaches ``generate`` by a call-time import). The model is used through its ``config``,
-``dtype``, ``model`` (the decoder) and ``lm_head`` (called, or ``column_slice``) only.
+``Emu3GenerationMixin.generate`` (the public entry, ``Emu3ForCausalLM.generate``) reads as its steps: ``_validate``
+(every argument, the number of steps) -> ``_guided_batch`` (conditional + unconditional rows) -> ``_plan_steps``
+(allowed-id table, per-step logits kind, sampling uniforms) -> ``_prefill`` (KV cache, masks, prompt pass) ->
+``_decode`` (the step loop; ``_choose`` picks one step's tokens) -> ``_collect``.
+
+Imports run one way, as transformers' ``GenerationMixin``: modeling -> generation -> kv_cache, no cycle. This module
+imports ``kv_cache``, ``token_ids`` and paddlemix helpers (``ops``, ``distributed``, ``model_utils``), never the
+model file; the model gets the loop by inheriting the mixin. The model is used through its ``config``, ``dtype``,
+``model`` (the decoder) and ``lm_head`` (called, or ``column_slice``) only.
 """
 
 import logging
@@ -33,7 +36,7 @@ from tqdm.auto import tqdm
 from ... import ops
 from ...distributed import is_main
 from ..model_utils import on_gpu
-from .modeling_emu3 import Emu3KVCache, additive_mask, to_float32
+from .kv_cache import Emu3KVCache, additive_mask, to_float32
 from .token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
@@ -197,64 +200,70 @@ class _Plan:
     uniforms: Optional[paddle.Tensor]  # [steps, B] when sampling
 
 
-def generate(
-    model,
-    input_ids,
-    attention_mask=None,
-    negative_prompt_ids=None,
-    negative_prompt_attention_mask=None,
-    guidance_scale=None,
-    image_size=None,
-    max_new_tokens=None,
-    do_sample=False,
-    top_k=None,
-    top_p=None,
-    temperature=1.0,
-    seed=None,
-    progress=True,
-    past_key_values=None,
-    streamer=None,
-):
-    """Generate after left-padded prompts; returns int64 [B, prompt_len + new_len] (prompt, then new tokens).
+class Emu3GenerationMixin:
+    """``generate`` for a causal LM with ``config``, ``dtype``, ``model`` (the decoder) and ``lm_head``, as
+    transformers' ``GenerationMixin``: ``Emu3ForCausalLM`` inherits it, so this module never imports the model."""
 
-    input_ids / attention_mask: [B, L] (1 token, 0 padding; padding on the left, as the processor writes it).
-    guidance_scale: classifier-free guidance; None or 1 runs no unconditional branch. With guidance,
-        negative_prompt_ids [B, Ln] is the unconditional prompt (default: the last prompt token, as transformers).
-        Without negative_prompt_attention_mask every negative token counts as real (the original passes no mask);
-        with it, its padding is masked and positions follow it.
-    image_size: [B, 2] or [1, 2] token grids (h, w): constrains each row to an h x w image, then eof, eoi, eos.
-        Needs an ``<|image token|>`` in each prompt (the grid counts from the first one).
-    max_new_tokens: at most this many new tokens. With image_size it must cover the grid ((w+1)*h+3; default: that)
-        and generation ends after the longest grid; prompt + grid beyond max_position_embeddings is an error.
-        Without it (default: up to max_position_embeddings) it is capped at max_position_embeddings, with a warning.
-    do_sample: sample (top_k, top_p, temperature as transformers' warpers) instead of greedy argmax.
-    seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device). A list
-        of B seeds gives each row its own stream, so a row's result does not depend on the rows batched with it
-        (row i of a batch equals a one-row run with seed[i]).
-    progress: a tqdm bar over the new tokens (shown by rank 0 only when launched with several processes).
-    past_key_values: an ``Emu3KVCache`` holding the first ``past_key_values.length`` tokens of every row (e.g. the
-        earlier turns of a chat); input_ids [B, L] (no padding) continue them, and the cache is filled in place
-        (prompt + new tokens but the last). Text generation only: no guidance, no image_size.
-    streamer: an object with ``put(ids)`` / ``end()`` (see ``streaming.py``): ``put(input_ids [B, L])`` first, then
-        ``put(new tokens [B])`` after every step, then ``end()``.
-    Rows that produced eos continue with pad_token_id; generation stops once every row has.
-    """
-    if streamer is not None and not all(callable(getattr(streamer, m, None)) for m in ("put", "end")):
-        raise ValueError(f"streamer must have put(token_ids) and end() methods, got {type(streamer).__name__}")
-    req = _validate(
-        model.config, input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, guidance_scale,
-        image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed, past_key_values,
-    )
-    all_ids, all_mask = _guided_batch(req, model.config.pad_token_id)
-    plan = _plan_steps(model, req)
-    if streamer is not None:
-        streamer.put(req.ids)
-    with paddle.no_grad():
-        hidden, cache, step_mask, next_pos = _prefill(model, req, all_ids, all_mask, past_key_values)
-        new_tokens = _decode(model, req, plan, hidden, cache, step_mask, next_pos, progress, streamer)
-    if streamer is not None:
-        streamer.end()
-    return _collect(req.ids, new_tokens, model.config.eos_token_id)
+    def generate(
+        self,
+        input_ids,
+        attention_mask=None,
+        negative_prompt_ids=None,
+        negative_prompt_attention_mask=None,
+        guidance_scale=None,
+        image_size=None,
+        max_new_tokens=None,
+        do_sample=False,
+        top_k=None,
+        top_p=None,
+        temperature=1.0,
+        seed=None,
+        progress=True,
+        past_key_values=None,
+        streamer=None,
+    ):
+        """Generate after left-padded prompts; returns int64 [B, prompt_len + new_len] (prompt, then new tokens).
+
+        input_ids / attention_mask: [B, L] (1 token, 0 padding; padding on the left, as the processor writes it).
+        guidance_scale: classifier-free guidance; None or 1 runs no unconditional branch. With guidance,
+            negative_prompt_ids [B, Ln] is the unconditional prompt (default: the last prompt token, as
+            transformers). Without negative_prompt_attention_mask every negative token counts as real (the original
+            passes no mask); with it, its padding is masked and positions follow it.
+        image_size: [B, 2] or [1, 2] token grids (h, w): constrains each row to an h x w image, then eof, eoi, eos.
+            Needs an ``<|image token|>`` in each prompt (the grid counts from the first one).
+        max_new_tokens: at most this many new tokens. With image_size it must cover the grid ((w+1)*h+3; default:
+            that) and generation ends after the longest grid; prompt + grid beyond max_position_embeddings is an
+            error. Without it (default: up to max_position_embeddings) it is capped at max_position_embeddings, with
+            a warning.
+        do_sample: sample (top_k, top_p, temperature as transformers' warpers) instead of greedy argmax.
+        seed: makes sampling reproducible (uniforms from numpy's default_rng(seed), identical on every device). A
+            list of B seeds gives each row its own stream, so a row's result does not depend on the rows batched with
+            it (row i of a batch equals a one-row run with seed[i]).
+        progress: a tqdm bar over the new tokens (shown by rank 0 only when launched with several processes).
+        past_key_values: an ``Emu3KVCache`` holding the first ``past_key_values.length`` tokens of every row (e.g.
+            the earlier turns of a chat); input_ids [B, L] (no padding) continue them, and the cache is filled in
+            place (prompt + new tokens but the last). Text generation only: no guidance, no image_size.
+        streamer: an object with ``put(ids)`` / ``end()`` (see ``streaming.py``): ``put(input_ids [B, L])`` first,
+            then ``put(new tokens [B])`` after every step, then ``end()``.
+        Rows that produced eos continue with pad_token_id; generation stops once every row has.
+        """
+        if streamer is not None and not all(callable(getattr(streamer, m, None)) for m in ("put", "end")):
+            raise ValueError(
+                f"streamer must have put(token_ids) and end() methods, got {type(streamer).__name__}")
+        req = _validate(
+            self.config, input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask,
+            guidance_scale, image_size, max_new_tokens, do_sample, top_k, top_p, temperature, seed, past_key_values,
+        )
+        all_ids, all_mask = _guided_batch(req, self.config.pad_token_id)
+        plan = _plan_steps(self, req)
+        if streamer is not None:
+            streamer.put(req.ids)
+        with paddle.no_grad():
+            hidden, cache, step_mask, next_pos = _prefill(self, req, all_ids, all_mask, past_key_values)
+            new_tokens = _decode(self, req, plan, hidden, cache, step_mask, next_pos, progress, streamer)
+        if streamer is not None:
+            streamer.end()
+        return _collect(req.ids, new_tokens, self.config.eos_token_id)
 
 
 def _validate(config, input_ids, attention_mask, negative_prompt_ids, negative_prompt_attention_mask, guidance_scale,

@@ -3,9 +3,11 @@
 Parameter names equal the original checkpoint keys (``model.layers.0.self_attn.q_proj.weight``, ``lm_head.weight``),
 so the original safetensors load as they are; transformers' ``-hf`` names are mapped in ``_map_checkpoint_key``.
 
-Imports run one way: ``generation_emu3`` (the decoding loop, a function of the model) imports this file for the KV
-cache and the masks; this file does not import it at module level. ``Emu3ForCausalLM.generate`` is the public
-entry and calls the loop through a call-time import.
+Imports run one way, as transformers' ``GenerationMixin``: modeling -> generation -> kv_cache, no cycle.
+``Emu3ForCausalLM`` takes ``generate`` from ``generation_emu3.Emu3GenerationMixin``; the KV cache, the additive
+mask and ``to_float32``, which both the model and the loop need, live in ``kv_cache`` (re-exported here, so
+``from paddlemix.models.emu3.modeling_emu3 import Emu3KVCache`` keeps working); ``generation_emu3`` never imports
+this file.
 """
 
 import logging
@@ -23,6 +25,8 @@ from paddle.distributed.fleet.utils import recompute
 from ... import ops
 from ..model_utils import PretrainedModel, on_gpu
 from .configuration_emu3 import Emu3Config
+from .generation_emu3 import Emu3GenerationMixin
+from .kv_cache import Emu3KVCache, additive_mask, to_float32
 from .token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
@@ -135,11 +139,6 @@ def training_softmax(scores, attn_mask, scale, q_len):
     return F.softmax(to_float32(scores), axis=-1)
 
 
-def to_float32(x):
-    """x in float32 (no copy when it already is)."""
-    return x if x.dtype == paddle.float32 else x.astype("float32")
-
-
 def padding_row_frozen(embeddings, input_ids, pad_token_id):
     """The embeddings with no gradient flowing into the pad token's row, as the original's
     ``nn.Embedding(..., padding_idx=pad_token_id)`` (same values: the row itself is looked up, only its gradient
@@ -167,52 +166,6 @@ def rope_inv_freq(config, kv_len):
     if rs is not None and rs["type"] == "linear":
         inv_freq = (inv_freq / np.float32(rs["factor"])).astype(np.float32)
     return inv_freq
-
-
-class Emu3KVCache:
-    """Keys and values of every layer, ``[B, kv_heads, capacity, head_dim]``, allocated once.
-
-    ``length`` slots are filled. ``update`` writes a layer's new keys/values in place by slice assignment and returns
-    the whole buffers: attention reads every slot and the mask hides the unfilled ones, so every step has the same
-    shapes and nothing is copied. The model advances ``length`` once per forward. ``reserve`` grows the capacity
-    only when a caller outruns it (generation allocates prompt + new tokens up front, so it never grows there).
-    """
-
-    def __init__(self, num_layers, batch_size, capacity, num_kv_heads, head_dim, dtype):
-        shape = [batch_size, num_kv_heads, capacity, head_dim]
-        self.keys = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.values = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.length = 0
-
-    @classmethod
-    def for_model(cls, config, batch_size, capacity, dtype):
-        """The cache of a model; under tensor parallelism, of this rank's KV heads."""
-        kv_heads = config.num_key_value_heads // config.tensor_parallel_degree
-        return cls(config.num_hidden_layers, batch_size, capacity, kv_heads, config.head_dim, dtype)
-
-    @property
-    def capacity(self):
-        return self.keys[0].shape[2]
-
-    def reserve(self, length):
-        if length <= self.capacity:
-            return
-        shape = list(self.keys[0].shape)
-        shape[2] = max(length, 2 * self.capacity) - self.capacity
-        for buffers in (self.keys, self.values):
-            for i, t in enumerate(buffers):
-                buffers[i] = paddle.concat([t, paddle.zeros(shape, t.dtype)], axis=2)
-
-    def update(self, layer_idx, key, value):
-        """key, value [B, L, Hk, D] of the slots length .. length+L-1; returns the full [B, Hk, capacity, D] buffers."""
-        bsz, q_len, kv_heads, dim = key.shape
-        if q_len == 1:
-            key, value = key.reshape([bsz, kv_heads, 1, dim]), value.reshape([bsz, kv_heads, 1, dim])
-        else:
-            key, value = key.transpose([0, 2, 1, 3]), value.transpose([0, 2, 1, 3])
-        self.keys[layer_idx][:, :, self.length: self.length + q_len] = key
-        self.values[layer_idx][:, :, self.length: self.length + q_len] = value
-        return self.keys[layer_idx], self.values[layer_idx]
 
 
 @dataclass
@@ -440,25 +393,6 @@ def _integer_tensor(value, name):
     return value
 
 
-def additive_mask(key_mask, q_len, past_len, dtype):
-    """[B, 1, q_len, S] additive mask for queries at slots past_len .. past_len+q_len-1 over S = key_mask.shape[1]
-    key slots: a key is visible when its slot is not after the query's (causal) and key_mask is 1 there.
-
-    Hidden entries hold the dtype's lowest finite value (not -inf), so a query row with no visible key gives a
-    uniform softmax instead of NaN, as the original's eager attention does. The mask is built in ``dtype`` (the
-    model's), except float16, whose lowest value cannot absorb a score (``-65504 + score`` overflows to -inf): a
-    float16 model gets a float32 mask, added to float32 scores (``ops.masked_softmax_``).
-    """
-    if dtype == paddle.float16:
-        dtype = paddle.float32
-    q_pos = paddle.arange(past_len, past_len + q_len, dtype="int64").unsqueeze(-1)
-    k_pos = paddle.arange(key_mask.shape[1], dtype="int64").unsqueeze(0)
-    visible = (k_pos <= q_pos).unsqueeze(0) & (key_mask.astype("bool").unsqueeze(1))  # [B, q, S]
-    low = paddle.full([], float(paddle.finfo(dtype).min), dtype=dtype)
-    zero = paddle.zeros([], dtype=dtype)
-    return paddle.where(visible, zero, low).unsqueeze(1)
-
-
 # rows (token positions) per chunk of the loss: the float32 logits of one chunk are [LOSS_CHUNK_ROWS, vocab]
 LOSS_CHUNK_ROWS = 1024
 
@@ -490,7 +424,7 @@ def causal_lm_loss(hidden, lm_head_weight, labels, chunk_rows=LOSS_CHUNK_ROWS):
     return total / count if count else total * float("nan")
 
 
-class Emu3ForCausalLM(PretrainedModel):
+class Emu3ForCausalLM(Emu3GenerationMixin, PretrainedModel):
     config_class = Emu3Config
     _tp_plan = {"lm_head": "vocab"}  # with config.base_model_tp_plan: see ``from_pretrained(tensor_parallel_degree=)``
 
@@ -608,12 +542,3 @@ class Emu3ForCausalLM(PretrainedModel):
             hidden_states=all_hidden if output_hidden_states else None,
             past_key_values=cache if use_cache else None,
         )
-
-    def generate(self, input_ids, **kwargs):
-        """Text or image generation; see ``generation_emu3.generate`` for the arguments.
-
-        The loop lives in ``generation_emu3`` and takes the model; that module imports this one, never the reverse
-        (contract 3), so this public entry reaches it by the one import below, made when it is called."""
-        from .generation_emu3 import generate
-
-        return generate(self, input_ids, **kwargs)
