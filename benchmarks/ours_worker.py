@@ -8,6 +8,7 @@ Usage (run.py does this): ``python ours_worker.py JOB.json RESULT.json``. Jobs:
 * ``make_real8b``: a random bf16 checkpoint of an LM config in the original layout and sharding, written tensor by
   tensor (random_checkpoint.py); ``real8b``: that checkpoint loaded with bf16 or int8 weights (the job's
   ``variant``): load time and peak RSS, a VQA prefill, decode steps at each batch size against the floor.
+* ``serve``: the server under client-side load (serve_bench.py; our side only).
 * ``parallel``: the batch-1 decode step under the launch it runs in (tensor parallel over its processes) and the
   weight bytes this rank reads per step.
 """
@@ -255,6 +256,11 @@ def job_real8b(job):
     return res
 
 
+def job_serve(job):
+    from serve_bench import job_serve as run
+
+    set_threads(job["threads"])
+    return run(job)
 def job_parallel(job):
     import numpy as np
     import paddle
@@ -325,6 +331,7 @@ def run_job(job):
         "train": job_train,
         "make_real8b": job_make_real8b,
         "real8b": job_real8b,
+        "serve": job_serve,
         "parallel": job_parallel,
     }[job["job"]](job)
     import paddle

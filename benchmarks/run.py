@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORK = os.path.join(HERE, ".work")
 REF_PYTHON = os.path.join(HERE, ".ref_venv", "bin", "python")
-SUITES = ("vq", "lm", "t2i", "vqa", "memory", "floor", "parallel", "train")
+SUITES = ("vq", "lm", "t2i", "vqa", "memory", "floor", "parallel", "serve", "train")
 # suites not in "all": they need their own large checkpoint
 EXTRA_SUITES = ("real8b",)
 REAL8B_VARIANTS = ("bfloat16", "weight_only_int8")
@@ -63,6 +63,15 @@ def lm_config(vocab_size, codebook_size, hidden, layers, heads, kv_heads, interm
     }
 
 
+def serve_lm_config(codebook_size, **dims):
+    """An LM config whose special ids follow the byte-level tokenizer serve_bench.py writes (256 ranks, then the
+    special tokens, then the visual tokens), so the server can tokenize prompts and decode images."""
+    config = lm_config(256 + 211 + codebook_size, codebook_size, **dims)
+    config.update(pad_token_id=256, eol_token_id=459, eof_token_id=460, bos_token_id=462, eos_token_id=463,
+                  img_token_id=464, boi_token_id=465, eoi_token_id=466)
+    return config
+
+
 def vq_config(codebook_size, ch, ch_mult, num_res_blocks, attn_resolutions):
     return {
         "codebook_size": codebook_size,
@@ -86,6 +95,7 @@ FULL = {
     "memory_lm": lm_config(40000, 32768, 2048, 8, 16, 4, 5632, 4096),
     # Emu3-8B's exact shape (Emu3-Gen / Emu3-Chat config.json)
     "real8b": lm_config(184622, 32768, 4096, 32, 32, 8, 14336, 9216),
+    "serve_lm": serve_lm_config(32768, hidden=512, layers=8, heads=8, kv_heads=2, intermediate=1376, max_pos=4096),
     "params": {
         "vq_sizes": [256, 512], "vq_warm_sizes": [256], "repeats": 3, "vq_repeats": 1,
         "prefill_len": 1024, "decode_prompt_len": 128, "decode_steps": 64, "decode_batches": [1, 2],
@@ -94,6 +104,7 @@ FULL = {
         "floor_bytes": 512 * 1024**2,
         "real8b_grid": [32, 32], "real8b_question_len": 4, "real8b_prompt_len": 32, "real8b_steps": 16,
         "real8b_repeats": 2,
+        "serve_requests": 32, "serve_grid": [16, 16],
         "train_batch": 4, "train_len": 1024, "train_steps": 3,
     },
 }
@@ -102,6 +113,7 @@ SMOKE = {
     "lm": lm_config(1000, 512, 64, 2, 4, 2, 160, 512),
     "memory_lm": lm_config(1000, 512, 256, 2, 4, 2, 512, 512),
     "real8b": lm_config(5000, 1024, 256, 2, 8, 2, 704, 2048),
+    "serve_lm": serve_lm_config(512, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=160, max_pos=512),
     "params": {
         "vq_sizes": [32], "vq_warm_sizes": [32], "repeats": 2, "vq_repeats": 2,
         "prefill_len": 64, "decode_prompt_len": 8, "decode_steps": 8, "decode_batches": [1, 2],
@@ -110,6 +122,7 @@ SMOKE = {
         "floor_bytes": 64 * 1024**2,
         "real8b_grid": [8, 8], "real8b_question_len": 4, "real8b_prompt_len": 8, "real8b_steps": 4,
         "real8b_repeats": 1,
+        "serve_requests": 4, "serve_grid": [4, 4],
         "train_batch": 2, "train_len": 32, "train_steps": 2,
     },
 }
@@ -127,6 +140,7 @@ TARGETS = {
     "8B weight_only_int8 decode step b1 / floor": ("ours <= 1.5", lambda gain, ours: ours <= 1.5),
     "8B bf16 decode step b1 (ms)": ("gain >= 2x", lambda gain, ours: gain >= 2.0),
     "8B bf16 VQA prefill": ("gain >= 1x", lambda gain, ours: gain >= 1.0),
+    "serve images/s": ("gain >= 2x", lambda gain, ours: gain >= 2.0),
     "train tokens/s": ("gain >= 1x", lambda gain, ours: gain >= 1.0),
     "train peak RSS": ("gain >= 1x (no more memory)", lambda gain, ours: gain >= 1.0),
     "recompute: activation memory cut": ("ours >= 2x", lambda gain, ours: ours >= 2.0),
@@ -193,9 +207,9 @@ class Runner:
         return result
 
     # ------------------------------------------------------------------ weights
-    def weights(self, model, name):
-        """Original-layout weights for configs[name] (made once, cached by config hash) and, with the reference,
-        the transformers-layout folder derived from them. Returns (orig_dir, hf_dir or None)."""
+    def weights(self, model, name, ours_only=False):
+        """Original-layout weights for configs[name] (made once, cached by config hash) and, with the reference
+        (unless ours_only), the transformers-layout folder derived from them. Returns (orig_dir, hf_dir or None)."""
         if name in self.cache:
             return self.cache[name]
         config = self.configs[name]
@@ -209,7 +223,7 @@ class Runner:
                 self.cache[name] = (None, None)
                 return self.cache[name]
             open(done, "w").close()
-        if not self.reference:
+        if not self.reference or ours_only:
             self.cache[name] = (orig_dir, None)
             return self.cache[name]
         hf_done = os.path.join(hf_dir, ".complete")
@@ -421,6 +435,38 @@ class Runner:
         ratio = [None if r is None or f is None else r["decode step b1"] / f for r, f in zip((ours, ref), floor)]
         self.add("decode step b1 / floor", ratio[0], ratio[1], "x floor", fmt="{:.2f}")
 
+    def suite_serve(self):
+        """The server under load, ours only (the reference has no server): the same t2i requests (the script's
+        defaults, one seed each) all at once, batched by the scheduler, against one at a time; client-side
+        throughput and latency, and whether batching left every image unchanged."""
+        p = self.params
+        lm_dir, _ = self.weights("lm", "serve_lm", ours_only=True)
+        vq_dir, _ = self.weights("vq", "vq", ours_only=True)
+        if lm_dir is None or vq_dir is None:
+            return
+        config = self.configs["serve_lm"]
+        job = {"job": "serve", "name": "serve", "orig_dir": lm_dir, "vq_dir": vq_dir,
+               "tokenizer_dir": os.path.join(WORK, "serve_tokenizer"),
+               "codebook_size": config["vocab_size"] - config["eoi_token_id"] - 1, "top_k": p["top_k"],
+               "serve_requests": p["serve_requests"], "serve_grid": p["serve_grid"]}
+        batched, alone = (self.call("ours", dict(job, mode=mode, name=f"serve-{mode}",
+                                                 images_path=os.path.join(WORK, "logs", f"serve-{mode}.npz")))
+                          for mode in ("concurrent", "sequential"))
+        n, (h, w) = p["serve_requests"], p["serve_grid"]
+        what = f"{n} t2i requests {h}x{w} (ours: concurrent, batched; reference column: one at a time)"
+        self.add(f"serve images/s, {what}", self.get(batched, "images/s"), self.get(alone, "images/s"), "img/s",
+                 higher_better=True, fmt="{:.3f}")
+        for q in ("p50", "p95"):
+            self.add(f"serve {q} latency, {what}", self.get(batched, q), self.get(alone, q), "s", fmt="{:.2f}",
+                     compare=False)
+        if batched and alone:
+            import numpy as np
+
+            a, b = np.load(batched["images_path"]), np.load(alone["images_path"])
+            # the same tokens give pixels equal up to 1 (the VQ decode of a batch rounds differently)
+            same = sum(np.abs(a[k].astype(np.int64) - b[k]).max() <= 1 for k in a.files)
+            self.checks.append(f"serve: {same}/{n} images the same batched and alone (pixels within 1), "
+                               f"{batched['batches']} batches for {n} concurrent requests")
     def suite_parallel(self):
         """The batch-1 decode step of the lm config at tensor parallel 1 (one process, 2 threads) and 2 (two
         launched processes over gloo, 1 thread each), and the weight bytes each rank reads per step (its
