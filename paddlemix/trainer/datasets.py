@@ -23,12 +23,11 @@ longer than ``model_max_length``), so a bad sample is a clear error before train
 import json
 import os
 import random
-import zipfile
-import zlib
 
 import numpy as np
 from tqdm import tqdm
 
+from .data_prep import read_feature
 from ..models.emu3.processing_emu3 import DEFAULT_CHAT_TEMPLATE, DEFAULT_PREFIX_TEMPLATE, DEFAULT_VISUAL_TEMPLATE
 
 IGNORE_INDEX = -100
@@ -75,27 +74,6 @@ def read_data_list(data_path):
     return paths
 
 
-def load_feature(path):
-    """A feature file as a dict (strings as str, ``images`` as int64 ``[h, w]``); ValueError when it is not one."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-        raise ValueError(f"cannot read feature file {path} (an .npz without pickles): {e}") from None
-    out = {}
-    for key, value in data.items():
-        if key == "images":
-            if value.ndim != 2 or value.size == 0 or not np.issubdtype(value.dtype, np.integer):
-                raise ValueError(f"{path}: 'images' must be a non-empty integer [h, w] code grid, got "
-                                 f"{value.dtype} {list(value.shape)}")
-            out[key] = value.astype(np.int64)
-        elif value.ndim == 0 and value.dtype.kind == "U":
-            out[key] = str(value)
-        else:
-            raise ValueError(f"{path}: {key!r} must be a string, got {value.dtype} {list(value.shape)}")
-    return out
-
-
 class _PreparedDataset:
     """Shared part: the sample files, the tokenizer, padding to ``model_max_length``, checks at construction."""
 
@@ -128,7 +106,7 @@ class _PreparedDataset:
         return len(self.paths)
 
     def _check(self, path):
-        data = load_feature(path)
+        data = read_feature(path)
         need = _KEYS[self.kind]
         if not need <= set(data):
             raise ValueError(f"{path}: a {self.kind} sample needs {sorted(need)}, the file has {sorted(data)}")
@@ -152,7 +130,7 @@ class _PreparedDataset:
         return format_image_prompt(self.tokenizer, codes, self.visual_token_strings)
 
     def __getitem__(self, index):
-        ids, labels = self.encode(load_feature(self.paths[index]))
+        ids, labels = self.encode(read_feature(self.paths[index]))
         pad = self.model_max_length - len(ids)
         return {
             "input_ids": np.asarray(ids + [self.tokenizer.pad_token_id] * pad, dtype=np.int64),

@@ -255,7 +255,7 @@ def train(model, dataset, config):
         else:
             grad_norm = float("nan")
         optimizer.step()
-        optimizer.clear_grad()
+        optimizer.clear_grad(set_to_zero=False)  # release the gradients until the next backward, as torch's zero_grad
         stats = paddle.to_tensor([sum(losses), float(tokens)], dtype="float64")
         if world > 1:
             dist.all_reduce(stats)

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 
 import paddle
 import paddle.distributed as dist
@@ -216,4 +217,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        sys.exit(f"error: {e}")
