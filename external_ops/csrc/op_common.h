@@ -60,14 +60,16 @@ inline pmx::WeightKind pmx_weight_kind(const paddle::Tensor& w, const char* op) 
   }
 }
 
-// the instruction set of the bf16 / int8 products for this call: the portable AVX2 path, or AVX-512 (where the CPU
-// has it) when the environment variable PADDLEMIX_OPS_AVX512 is set to anything but "" or "0". AVX2 is the default:
-// on the 2-core AMD EPYC here both stream at the memory bandwidth and AVX-512 measured no faster (bf16 [4096, 14336]
-// at one row: 3.3-3.5 ms AVX2, 3.9-4.3 ms AVX-512); where the widening is compute-bound (many cores per memory
-// channel) AVX-512 may win
+// the instruction set of the bf16 / int8 products for this call, from the environment variable PADDLEMIX_OPS_AVX512
+// (AVX-512 only where the CPU has it, else the portable AVX2 path): unset or "": int8 AVX-512, bf16 AVX2; "0": both
+// AVX2; anything else: both AVX-512. Measured on the 2-core AMD EPYC here at one row: the int8 widening (two converts
+// per 8 weights with AVX2) is compute-bound, AVX-512 streams it at the copy bandwidth (int8 [4096, 14336]: 2.1 ms
+// AVX2, 1.6 ms AVX-512); bf16 streams at the memory bandwidth with AVX2 and AVX-512 measured no faster (bf16
+// [4096, 14336]: 3.3-3.5 ms AVX2, 3.9-4.3 ms AVX-512)
 inline void pmx_select_isa() {
   const char* env = std::getenv("PADDLEMIX_OPS_AVX512");
-  pmx::linear_set_isa(env != nullptr && env[0] != '\0' && !(env[0] == '0' && env[1] == '\0'));
+  const bool unset = env == nullptr || env[0] == '\0', off = !unset && env[0] == '0' && env[1] == '\0';
+  pmx::linear_set_isa(!unset && !off, !off);
 }
 
 // the raw storage of a float32, bf16 (as uint16_t bits) or int8 weight
