@@ -33,8 +33,8 @@ def _cpu_has_avx512():
 
 @pytest.fixture(params=["avx512", "avx2"])
 def isa(request, monkeypatch):
-    """The instruction set of the kernels' bf16 / int8 products: the portable AVX2 path (the default) or AVX-512,
-    asked for with PADDLEMIX_OPS_AVX512=1 (read by the op at every call) on a CPU that has it."""
+    """The instruction set of the kernels' bf16 / int8 products, read by the op at every call: the portable AVX2
+    path (PADDLEMIX_OPS_AVX512=0) or AVX-512 (=1) on a CPU that has it (unset: int8 AVX-512, bf16 AVX2)."""
     if request.param == "avx512" and not _cpu_has_avx512():
         pytest.skip("this CPU has no AVX-512 F + BW")
     monkeypatch.setenv("PADDLEMIX_OPS_AVX512", "1" if request.param == "avx512" else "0")
@@ -73,7 +73,9 @@ def test_quantize_rows_error_bound():
 
 
 # ----------------------------------------------------------------------------------------------- linear kernels
-STORED_CASES = [((1,), 512, 128), ((2,), 513, 1003), ((3,), 7, 5), ((1, 5), 129, 9), ((16,), 515, 1001)]
+# the last case's rows are long enough for column panels (several whole ones and a partial one, n % 16 != 0)
+STORED_CASES = [((1,), 512, 128), ((2,), 513, 1003), ((3,), 7, 5), ((1, 5), 129, 9), ((16,), 515, 1001),
+                ((2,), 67, 9237)]
 
 
 def _linear_case(lead, k, n, kind, seed):
