@@ -20,6 +20,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
+from paddle.autograd import PyLayer
 from paddle.distributed.fleet.utils import recompute
 
 from ... import ops
@@ -401,30 +402,67 @@ def _integer_tensor(value, name):
 LOSS_CHUNK_ROWS = 1024
 
 
-def _chunk_loss_sum(hidden, weight, targets):
-    """Summed cross-entropy of the rows of hidden [R, H] (logits hidden @ weight, float32) against targets [R]
-    (-100 = ignored), as logsumexp - target logit."""
-    logits = to_float32(ops.linear(hidden, weight))
-    valid = targets != -100
-    picked = paddle.take_along_axis(logits, paddle.where(valid, targets, paddle.zeros_like(targets)).unsqueeze(-1),
-                                    axis=-1).squeeze(-1)
-    top = logits.max(axis=-1, keepdim=True).detach()
-    lse = (logits - top).exp().sum(axis=-1).log() + top.squeeze(-1)
-    return paddle.where(valid, lse - picked, paddle.zeros_like(picked)).sum()
+def _chunk_logits(hidden, weight):
+    """float32 logits [R, V] of the rows hidden [R, H] (weight [H, V])."""
+    return to_float32(paddle.matmul(hidden, weight))
+
+
+class _ChunkedCrossEntropy(PyLayer):
+    """Summed cross-entropy of hidden [N, H] @ weight [H, V] against targets [N] (-100 = ignored), chunk_rows rows at
+    a time. The forward keeps only each row's log-sum-exp; the backward recomputes a chunk's logits once, turns them
+    into softmax minus one-hot in place (times the incoming gradient) and multiplies back: no [rows, V] tensor
+    outlives its chunk and no autograd graph is saved per chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_rows):
+        valid = targets != -100
+        safe = paddle.where(valid, targets, paddle.zeros_like(targets))
+        lses, total = [], paddle.zeros([], "float32")
+        for i in range(0, targets.shape[0], chunk_rows):
+            logits = _chunk_logits(hidden[i: i + chunk_rows], weight)
+            lse = paddle.logsumexp(logits, axis=-1)
+            picked = paddle.take_along_axis(logits, safe[i: i + chunk_rows].unsqueeze(-1), axis=-1).squeeze(-1)
+            loss = paddle.where(valid[i: i + chunk_rows], lse - picked, paddle.zeros_like(lse))
+            total = total + loss.sum()
+            lses.append(lse)
+        ctx.save_for_backward(hidden, weight, safe, valid, paddle.concat(lses))
+        ctx.chunk_rows = chunk_rows
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, safe, valid, lse = ctx.saved_tensor()
+        rows = ctx.chunk_rows
+        scale = valid.astype("float32") * grad.astype("float32")  # [N]: the loss gradient of each row
+        dhidden = [] if not hidden.stop_gradient else None
+        dweight = paddle.zeros(weight.shape, "float32") if not weight.stop_gradient else None
+        for i in range(0, safe.shape[0], rows):
+            h = hidden[i: i + rows]
+            d = _chunk_logits(h, weight)
+            d.subtract_(lse[i: i + rows].unsqueeze(-1)).exp_()
+            index = safe[i: i + rows].unsqueeze(-1)
+            d.put_along_axis_(index, paddle.take_along_axis(d, index, axis=-1) - 1.0, axis=-1)
+            d.multiply_(scale[i: i + rows].unsqueeze(-1))
+            d = d.astype(weight.dtype) if d.dtype != weight.dtype else d
+            if dhidden is not None:
+                dhidden.append(paddle.matmul(d, weight, transpose_y=True))
+            if dweight is not None:
+                dweight.add_(to_float32(paddle.matmul(h, d, transpose_x=True)))
+        if dhidden is not None:
+            dhidden = paddle.concat(dhidden).astype(hidden.dtype)
+        if dweight is not None:
+            dweight = dweight.astype(weight.dtype)
+        return dhidden, dweight
 
 
 def causal_lm_loss(hidden, lm_head_weight, labels, chunk_rows=LOSS_CHUNK_ROWS):
     """The original's loss: mean cross-entropy of ``logits[:, :-1]`` against ``labels[:, 1:]`` over the targets
-    that are not -100, in float32. The logits are computed chunk_rows rows at a time and, while gradients are
-    recorded, recomputed chunk by chunk in the backward pass, so the full [B, L, V] float32 logits never exist."""
+    that are not -100, in float32. The logits are computed chunk_rows rows at a time (``_ChunkedCrossEntropy``;
+    its backward recomputes them chunk by chunk), so the full [B, L, V] float32 logits never exist."""
     hidden = hidden[:, :-1].reshape([-1, hidden.shape[-1]])
     targets = labels[:, 1:].reshape([-1]).astype("int64")
     count = int((targets != -100).astype("int64").sum())
-    grad = paddle.is_grad_enabled() and not (hidden.stop_gradient and lm_head_weight.stop_gradient)
-    total = paddle.zeros([], "float32")
-    for i in range(0, targets.shape[0], chunk_rows):
-        args = (hidden[i: i + chunk_rows], lm_head_weight, targets[i: i + chunk_rows])
-        total = total + (recompute(_chunk_loss_sum, *args, use_reentrant=False) if grad else _chunk_loss_sum(*args))
+    total = _ChunkedCrossEntropy.apply(hidden, lm_head_weight, targets, chunk_rows)
     return total / count if count else total * float("nan")
 
 
