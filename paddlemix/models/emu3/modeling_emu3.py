@@ -402,67 +402,58 @@ def _integer_tensor(value, name):
 LOSS_CHUNK_ROWS = 1024
 
 
-def _chunk_logits(hidden, weight):
-    """float32 logits [R, V] of the rows hidden [R, H] (weight [H, V])."""
-    return to_float32(paddle.matmul(hidden, weight))
-
-
 class _ChunkedCrossEntropy(PyLayer):
-    """Summed cross-entropy of hidden [N, H] @ weight [H, V] against targets [N] (-100 = ignored), chunk_rows rows at
-    a time. The forward keeps only each row's log-sum-exp; the backward recomputes a chunk's logits once, turns them
-    into softmax minus one-hot in place (times the incoming gradient) and multiplies back: no [rows, V] tensor
-    outlives its chunk and no autograd graph is saved per chunk."""
+    """Summed cross-entropy of hidden [N, H] @ weight [H, V] (float32 logits) against targets [N] (-100 = ignored),
+    chunk_rows rows at a time. The loss is a scalar, so its gradients are known up to the incoming factor while the
+    forward still holds a chunk's logits: when gradients are recorded the forward turns them in place into
+    softmax minus one-hot (zero on ignored rows) and accumulates dhidden = d @ weight^T and dweight = hidden^T @ d;
+    the backward only scales them. No [rows, V] tensor outlives its chunk and the logits are never recomputed."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_rows):
+    def forward(ctx, hidden, weight, targets, chunk_rows, recording):
         valid = targets != -100
-        safe = paddle.where(valid, targets, paddle.zeros_like(targets))
-        lses, total = [], paddle.zeros([], "float32")
+        safe = paddle.where(valid, targets, paddle.zeros_like(targets)).unsqueeze(-1)
+        need_h, need_w = recording and not hidden.stop_gradient, recording and not weight.stop_gradient
+        dhidden = []
+        dweight = paddle.zeros(weight.shape, "float32") if need_w else None
+        total = paddle.zeros([], "float32")
         for i in range(0, targets.shape[0], chunk_rows):
-            logits = _chunk_logits(hidden[i: i + chunk_rows], weight)
-            lse = paddle.logsumexp(logits, axis=-1)
-            picked = paddle.take_along_axis(logits, safe[i: i + chunk_rows].unsqueeze(-1), axis=-1).squeeze(-1)
-            loss = paddle.where(valid[i: i + chunk_rows], lse - picked, paddle.zeros_like(lse))
-            total = total + loss.sum()
-            lses.append(lse)
-        ctx.save_for_backward(hidden, weight, safe, valid, paddle.concat(lses))
-        ctx.chunk_rows = chunk_rows
+            h, index, keep = hidden[i: i + chunk_rows], safe[i: i + chunk_rows], valid[i: i + chunk_rows]
+            logits = to_float32(paddle.matmul(h, weight))
+            picked = paddle.take_along_axis(logits, index, axis=-1).squeeze(-1)
+            top = logits.max(axis=-1, keepdim=True)
+            d = logits.subtract_(top).exp_()  # the logits' storage from here on
+            norm = d.sum(axis=-1, keepdim=True)
+            lse = norm.log().squeeze(-1) + top.squeeze(-1)
+            total = total + paddle.where(keep, lse - picked, paddle.zeros_like(lse)).sum()
+            if need_h or need_w:
+                d.multiply_(keep.astype("float32").unsqueeze(-1) / norm)  # softmax; ignored rows 0
+                d.put_along_axis_(index, paddle.take_along_axis(d, index, axis=-1)
+                                  - keep.astype("float32").unsqueeze(-1), axis=-1)
+                d = d.astype(weight.dtype) if d.dtype != weight.dtype else d
+                if need_h:
+                    dhidden.append(paddle.matmul(d, weight, transpose_y=True))
+                if need_w:
+                    dweight.add_(to_float32(paddle.matmul(h, d, transpose_x=True)))
+        ctx.grads = (paddle.concat(dhidden).astype(hidden.dtype) if need_h else None,
+                     dweight.astype(weight.dtype) if need_w else None)
         return total
 
     @staticmethod
     def backward(ctx, grad):
-        hidden, weight, safe, valid, lse = ctx.saved_tensor()
-        rows = ctx.chunk_rows
-        scale = valid.astype("float32") * grad.astype("float32")  # [N]: the loss gradient of each row
-        dhidden = [] if not hidden.stop_gradient else None
-        dweight = paddle.zeros(weight.shape, "float32") if not weight.stop_gradient else None
-        for i in range(0, safe.shape[0], rows):
-            h = hidden[i: i + rows]
-            d = _chunk_logits(h, weight)
-            d.subtract_(lse[i: i + rows].unsqueeze(-1)).exp_()
-            index = safe[i: i + rows].unsqueeze(-1)
-            d.put_along_axis_(index, paddle.take_along_axis(d, index, axis=-1) - 1.0, axis=-1)
-            d.multiply_(scale[i: i + rows].unsqueeze(-1))
-            d = d.astype(weight.dtype) if d.dtype != weight.dtype else d
-            if dhidden is not None:
-                dhidden.append(paddle.matmul(d, weight, transpose_y=True))
-            if dweight is not None:
-                dweight.add_(to_float32(paddle.matmul(h, d, transpose_x=True)))
-        if dhidden is not None:
-            dhidden = paddle.concat(dhidden).astype(hidden.dtype)
-        if dweight is not None:
-            dweight = dweight.astype(weight.dtype)
-        return dhidden, dweight
+        dhidden, dweight = ctx.grads
+        return tuple(None if g is None else g * grad.astype(g.dtype) for g in (dhidden, dweight))
 
 
 def causal_lm_loss(hidden, lm_head_weight, labels, chunk_rows=LOSS_CHUNK_ROWS):
     """The original's loss: mean cross-entropy of ``logits[:, :-1]`` against ``labels[:, 1:]`` over the targets
-    that are not -100, in float32. The logits are computed chunk_rows rows at a time (``_ChunkedCrossEntropy``;
-    its backward recomputes them chunk by chunk), so the full [B, L, V] float32 logits never exist."""
+    that are not -100, in float32. The logits are computed chunk_rows rows at a time and, while gradients are
+    recorded, turned into the gradients right away (``_ChunkedCrossEntropy``), so the full [B, L, V] float32 logits
+    never exist."""
     hidden = hidden[:, :-1].reshape([-1, hidden.shape[-1]])
     targets = labels[:, 1:].reshape([-1]).astype("int64")
     count = int((targets != -100).astype("int64").sum())
-    total = _ChunkedCrossEntropy.apply(hidden, lm_head_weight, targets, chunk_rows)
+    total = _ChunkedCrossEntropy.apply(hidden, lm_head_weight, targets, chunk_rows, paddle.is_grad_enabled())
     return total / count if count else total * float("nan")
 
 
