@@ -407,7 +407,7 @@ def _integer_tensor(value, name):
 
 
 # rows (token positions) per chunk of the loss: the float32 logits of one chunk are [LOSS_CHUNK_ROWS, vocab]
-LOSS_CHUNK_ROWS = 1024
+LOSS_CHUNK_ROWS = 512
 
 
 class _ChunkedCrossEntropy(PyLayer):
