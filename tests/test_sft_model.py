@@ -54,6 +54,28 @@ def test_loss_is_the_shifted_mean_cross_entropy(llm_dir):
         model(ids, labels=paddle.full_like(ids, model.config.vocab_size))
 
 
+def test_loss_gradients_match_numpy():
+    """The chunked loss's gradients (formed in its forward) against softmax minus one-hot in float64, ignored rows
+    and the mean's denominator included, for chunks that do and do not divide the rows."""
+    rng = np.random.default_rng(4)
+    h, w = rng.standard_normal((2, 9, 8)).astype("float32"), rng.standard_normal((8, 30)).astype("float32")
+    lab = rng.integers(0, 30, size=(2, 9))
+    lab[0, 2:5] = -100
+    rows, targets = h[:, :-1].reshape(-1, 8).astype(np.float64), lab[:, 1:].reshape(-1)
+    keep = targets != -100
+    p = np.exp(rows @ w - (rows @ w).max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    p[np.arange(len(targets)), np.where(keep, targets, 0)] -= 1
+    p *= keep[:, None] / keep.sum()
+    dh = np.zeros_like(h, dtype=np.float64)
+    dh[:, :-1] = (p @ w.T).reshape(2, 8, 8)
+    for chunk in (3, 1024):
+        hidden, weight = paddle.to_tensor(h, stop_gradient=False), paddle.to_tensor(w, stop_gradient=False)
+        causal_lm_loss(hidden, weight, paddle.to_tensor(lab), chunk_rows=chunk).backward()
+        np.testing.assert_allclose(hidden.grad.numpy(), dh, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(weight.grad.numpy(), rows.T @ p, rtol=0, atol=1e-6)
+
+
 def test_dropout_only_in_training(llm_dir):
     ids, mask, labels = batch(Emu3ForCausalLM.from_pretrained(llm_dir).config)
     plain = float(Emu3ForCausalLM.from_pretrained(llm_dir, attention_dropout=0.0)(ids, mask, labels=labels).loss)
