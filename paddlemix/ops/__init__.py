@@ -9,7 +9,6 @@ On CPU the extension is used only for the ops measured faster than their fallbac
 are in benchmarks/RESULTS.md, produced by benchmarks/bench_ops.py).
 """
 
-import contextlib
 import logging
 import os
 
@@ -31,7 +30,6 @@ _GPU_DTYPES = (paddle.float32, paddle.bfloat16, paddle.float16)
 _EXT = None
 _EXT_CHECKED = False
 _EXT_CUDA = False
-_EXT_OFF = [0]  # > 0 inside ``fallback_only()``
 
 
 def extension():
@@ -73,7 +71,7 @@ def report():
 
 def _use_ext(op, tensors, dtypes):
     """Whether the extension can run `op` on these tensors (device, dtype, no gradient wanted)."""
-    if _EXT_OFF[0] or extension() is None:
+    if extension() is None:
         return False
     x = tensors[0]
     if paddle.is_grad_enabled() and not all(t.stop_gradient for t in tensors):
@@ -84,17 +82,6 @@ def _use_ext(op, tensors, dtypes):
         same_dtype = all(t.dtype == x.dtype for t in dtypes)
         return _EXT_CUDA and op not in _CPU_ONLY_OPS and same_dtype and x.dtype in _GPU_DTYPES
     return False
-
-
-@contextlib.contextmanager
-def fallback_only():
-    """Every op inside takes its pure-Paddle implementation: a forward run without gradients that must give the
-    same numbers as its replay with gradients (reentrant recompute)."""
-    _EXT_OFF[0] += 1
-    try:
-        yield
-    finally:
-        _EXT_OFF[0] -= 1
 
 
 def _tensor_on(x, dtype, place, shape):

@@ -315,14 +315,6 @@ class Emu3DecoderLayer(nn.Layer):
         return cached
 
 
-def _training_layer(layer, hidden, position_ids, inv_freq, attn_mask):
-    """A decoder layer's training forward for reentrant recompute, which runs it once without gradients and
-    replays it in the backward: the autograd kernels both times (same numbers), and only the layer's input kept
-    (Paddle's non-reentrant recompute kept about 3x more memory here)."""
-    with ops.fallback_only():
-        return layer(hidden, position_ids, inv_freq, attn_mask, None)
-
-
 class Emu3Model(nn.Layer):
     def __init__(self, config):
         super().__init__()
@@ -381,7 +373,7 @@ class Emu3Model(nn.Layer):
                 if fused:
                     hidden = layer.decode_step(hidden, position_ids, inv_freq, attn_mask, cache)
                 elif training and self.gradient_checkpointing:
-                    hidden = recompute(_training_layer, layer, hidden, position_ids, inv_freq, attn_mask, use_reentrant=True)
+                    hidden = recompute(layer, hidden, position_ids, inv_freq, attn_mask, None, use_reentrant=False)
                 else:
                     hidden = layer(hidden, position_ids, inv_freq, attn_mask, cache)
         if cache is not None:
