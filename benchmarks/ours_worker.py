@@ -115,6 +115,23 @@ def _generate(model, ids, **kwargs):
     return out.numpy() if hasattr(out, "numpy") else out
 
 
+def _decode_timings(model, prompts, job):
+    """common.decode_timing of greedy generation after each batch size's prompt ({batch: ids [batch, L]}), with the
+    new token ids of each as a flat list."""
+    res = {}
+    for batch in job["decode_batches"]:
+        prompt = prompts[batch]
+
+        def gen(n):
+            return _generate(model, prompt, max_new_tokens=n, do_sample=False)
+
+        gen(2)
+        timing = common.decode_timing(gen, job, batch)
+        timing[f"ids b{batch}"] = timing[f"ids b{batch}"][:, prompt.shape[1]:].flatten().tolist()
+        res.update(timing)
+    return res
+
+
 def job_lm(job):
     import paddle
 
@@ -127,16 +144,7 @@ def job_lm(job):
             ids = paddle.to_tensor(prefill, dtype="int64")
             model(ids[:, :16])
             res["prefill"], _ = common.timed(lambda: model(ids).logits[:, -1].numpy(), job["repeats"])
-        for batch in job["decode_batches"]:
-            prompt = prompts[batch]
-
-            def gen(n):
-                return _generate(model, prompt, max_new_tokens=n, do_sample=False)
-
-            gen(2)
-            timing = common.decode_timing(gen, job, batch)
-            timing[f"ids b{batch}"] = timing[f"ids b{batch}"][:, prompt.shape[1]:].flatten().tolist()
-            res.update(timing)
+        res.update(_decode_timings(model, prompts, job))
     return res
 
 
@@ -242,16 +250,8 @@ def job_real8b(job):
         _generate(model, [ids], max_new_tokens=1, do_sample=False)
         res["prefill"], res["prefill tokens"] = time.perf_counter() - t0, len(ids)
         rng = np.random.default_rng(3)
-        for batch in job["decode_batches"]:
-            prompt = rng.integers(0, job["text_vocab"], (batch, job["decode_prompt_len"]))
-
-            def gen(n):
-                return _generate(model, prompt, max_new_tokens=n, do_sample=False)
-
-            gen(2)
-            timing = common.decode_timing(gen, job, batch)
-            timing[f"ids b{batch}"] = timing[f"ids b{batch}"][:, prompt.shape[1]:].flatten().tolist()
-            res.update(timing)
+        prompts = {b: rng.integers(0, job["text_vocab"], (b, job["decode_prompt_len"])) for b in job["decode_batches"]}
+        res.update(_decode_timings(model, prompts, job))
     res["peak_kib"] = common.rss_kib("VmHWM")
     return res
 
