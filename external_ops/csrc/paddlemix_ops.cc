@@ -78,6 +78,14 @@ PD_BUILD_OP(pmx_rms_norm)
     .SetInferShapeFn(PD_INFER_SHAPE(RmsNormShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(RmsNormDtype));
 
+PD_BUILD_OP(pmx_rms_norm_grad)
+    .Inputs({"X", "Weight", "Dy"})
+    .Outputs({"Dx", "Dweight"})
+    .Attrs({"eps: float"})
+    .SetKernelFn(PD_KERNEL(RmsNormGradForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(RmsNormGradShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(RmsNormGradDtype));
+
 PD_BUILD_OP(pmx_rotary_embedding)
     .Inputs({"Q", "K", "PositionIds", "InvFreq"})
     .Outputs({"QOut", "KOut"})

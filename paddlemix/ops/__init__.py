@@ -4,7 +4,8 @@ Each function calls the compiled extension ``paddlemix_ops`` (built by ``externa
 imported and supports the op on the tensor's device and dtype, and the pure-Paddle implementation in ``fallback.py``
 otherwise. ``PADDLEMIX_DISABLE_EXT_OPS=1`` forces the fallback. Which one is active is logged once.
 
-The extension has no backward pass: while gradients are being recorded for an input, the fallback runs.
+While gradients are being recorded, ``rms_norm`` and ``rotary_embedding`` run as the PyLayers of ``autograd.py``
+(the same forward, a written-out backward), and ``causal_attention`` is the training attention.
 On CPU the extension is used only for the ops measured faster than their fallback (``CPU_EXT_OPS``; the numbers
 are in benchmarks/RESULTS.md, produced by benchmarks/bench_ops.py).
 """
@@ -107,13 +108,21 @@ def _constant(data, dtype, place):
     return _CONSTANTS[key]
 
 
+def _records_grad(*tensors):
+    return paddle.is_grad_enabled() and any(not t.stop_gradient for t in tensors)
+
+
 def rms_norm(x, weight, eps):
+    if _records_grad(x, weight):
+        return autograd.RMSNorm.apply(x, weight, eps)
     if _use_ext("rms_norm", [x, weight], [x, weight]):
         return _EXT.pmx_rms_norm(x, weight, float(eps))
     return fallback.rms_norm(x, weight, eps)
 
 
 def rotary_embedding(q, k, position_ids, inv_freq):
+    if _records_grad(q, k):
+        return autograd.Rotary.apply(q, k, position_ids, inv_freq)
     if _use_ext("rotary_embedding", [q, k], [q, k]) and q.shape[-1] % 2 == 0:
         return tuple(
             _EXT.pmx_rotary_embedding(q, k, position_ids.astype("int64"), inv_freq.astype("float32"))
@@ -180,6 +189,13 @@ def masked_softmax_(scores, mask, scale):
         _EXT.pmx_masked_softmax(scores, mask, float(scale))
         return scores
     return fallback.masked_softmax_(scores, mask, scale)
+
+
+def causal_attention(q, k, v, mask, block):
+    """Causal grouped-query attention for training (no cache, no dropout): q [B, L, H, D], k, v [B, L, Hk, D], the
+    additive mask [B or 1, 1, L, L] (causal plus padding), computed over query blocks of ``block`` rows; the backward
+    recomputes the probabilities instead of keeping them (``autograd.CausalAttention``). Returns [B, L, H, D]."""
+    return autograd.CausalAttention.apply(q, k, v, mask, block)
 
 
 # ops.linear uses the extension's kernel (a GEMV-shaped product that streams the weight once) for at most
@@ -298,3 +314,6 @@ def cfg_sample(cond_logits, uncond_logits, guidance_scale, allowed, top_k, top_p
         use_temperature,
         float(temperature) if use_temperature else 1.0,
     )
+
+
+from . import autograd  # noqa: E402  (its PyLayers call the functions above)

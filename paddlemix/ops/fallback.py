@@ -12,6 +12,18 @@ def rms_norm(x, weight, eps):
     return weight * y
 
 
+def rms_norm_grad(x, weight, dy, eps):
+    """(dx, dweight) of ``rms_norm`` for the output gradient dy, in float32: with inv = rsqrt(mean(x^2) + eps) and
+    n = x * inv, dx = inv * (dy * weight - n * mean(dy * weight * n)) and dweight = sum over rows of dy * n."""
+    xf, gf = x.astype("float32"), dy.astype("float32")
+    inv = paddle.rsqrt((xf * xf).mean(axis=-1, keepdim=True) + eps)
+    n = xf * inv
+    gw = gf * weight.astype("float32")
+    dx = inv * (gw - n * (gw * n).mean(axis=-1, keepdim=True))
+    dweight = (gf * n).reshape([-1, x.shape[-1]]).sum(axis=0)
+    return dx.astype(x.dtype), dweight.astype(weight.dtype)
+
+
 def rope_cos_sin(position_ids, inv_freq, dtype):
     """cos/sin tables [B, L, D] for rotate-half RoPE, computed in float32 and cast to dtype."""
     freqs = position_ids.astype("float32").unsqueeze(-1) * inv_freq.astype("float32")  # [B, L, D/2]

@@ -40,8 +40,9 @@ _LOGGED_BACKENDS = set()
 QUERY_BLOCK = 256
 
 
-def attention_backend(dtype, needs_cache_or_mask, head_dim, training=False):
-    """The one place that picks the attention kernel: "flash", "math" or "train". Each choice is logged once.
+def attention_backend(dtype, needs_cache_or_mask, head_dim, training=False, dropout=0.0, cached=False):
+    """The one place that picks the attention kernel: "flash", "math", "train" or "train_dropout". Each choice is
+    logged once.
 
     * "flash": ``paddle.nn.functional.flash_attention`` (native GQA, causal) on a GPU of compute capability >= 8 in
       half precision, for a prefill with no padding mask and no earlier cache (it takes no mask argument), where
@@ -51,11 +52,16 @@ def attention_backend(dtype, needs_cache_or_mask, head_dim, training=False):
       neither repeated nor transposed K/V is ever materialised. It replaces Paddle 3.3's CPU
       ``scaled_dot_product_attention``, which measured 10-20x slower per decode step (it expands K/V and
       transposes a ``[B, S, H, D]`` cache on every call). Same math as the original's eager attention.
-    * "train" (the model in train mode): the "math" attention without in-place ops and without the
-      extension's softmax (which has no backward), with dropout on the attention probabilities as the original's
-      eager attention. Flash attention also serves training where it runs (it takes the dropout rate itself).
+    * "train" (the model in train mode, no attention dropout, no cache): ``ops.causal_attention``, the "math"
+      attention as one autograd op whose backward recomputes each query block's probabilities (flash attention's
+      memory: no [rows, keys] tensor is kept for the backward).
+    * "train_dropout" (train mode with attention dropout, or with a cache): the "math" attention recorded op by op
+      by autograd (no in-place ops), with dropout on the probabilities as the original's eager attention.
+    Flash attention also serves training where it runs (it takes the dropout rate itself).
     """
-    backend, reason = "train" if training else "math", None
+    backend, reason = "math", None
+    if training:
+        backend = "train_dropout" if dropout or cached else "train"
     if not needs_cache_or_mask and dtype in (paddle.float16, paddle.bfloat16) and on_gpu():
         reason = flash_attention_problem(head_dim)
         if reason is None:
@@ -63,7 +69,8 @@ def attention_backend(dtype, needs_cache_or_mask, head_dim, training=False):
     if (backend, reason) not in _LOGGED_BACKENDS:
         _LOGGED_BACKENDS.add((backend, reason))
         names = {"flash": "paddle flash_attention", "math": "grouped matmul attention",
-                 "train": "grouped matmul attention for training (autograd, dropout)"}
+                 "train": "causal block attention for training (probabilities recomputed in the backward)",
+                 "train_dropout": "grouped matmul attention for training (autograd, dropout)"}
         logger.info("Emu3 attention: using %s%s", names[backend], f" ({reason})" if reason else "")
     return backend
 
@@ -243,10 +250,15 @@ class Emu3Attention(nn.Layer):
         q, k = ops.rotary_embedding(q, k, position_ids, inv_freq)
         training = self.training
         backend = attention_backend(
-            q.dtype, attn_mask is not None or (cache is not None and cache.length > 0), self.head_dim, training
+            q.dtype, attn_mask is not None or (cache is not None and cache.length > 0), self.head_dim, training,
+            self.attention_dropout, cache is not None,
         )
-        dropout = self.attention_dropout if backend == "train" else None
-        if backend == "flash":
+        dropout = self.attention_dropout if backend == "train_dropout" else None
+        if backend == "train":
+            if attn_mask is None:  # a layer called on its own (Emu3Model passes the mask it built)
+                attn_mask = additive_mask(paddle.ones([1, q_len], "int64"), q_len, 0, q.dtype)
+            out = ops.causal_attention(q, k, v, attn_mask, QUERY_BLOCK)
+        elif backend == "flash":
             if cache is not None:
                 cache.update(self.layer_idx, k, v)
             rate = self.attention_dropout if training else 0.0
@@ -347,7 +359,8 @@ class Emu3Model(nn.Layer):
         training = self.training
         hidden = self.dropout(hidden)
         if attn_mask is None and q_len > 1 and (
-            attention_backend(hidden.dtype, past > 0, self.config.head_dim, training) != "flash"
+            attention_backend(hidden.dtype, past > 0, self.config.head_dim, training, self.config.attention_dropout,
+                              cache is not None) != "flash"
         ):
             slots = cache.capacity if cache is not None else q_len  # the causal mask, built once for all layers
             attn_mask = additive_mask(paddle.ones([1, slots], "int64"), q_len, past, hidden.dtype)
