@@ -11,6 +11,7 @@
 #include "masked_softmax_op.h"
 #include "rms_norm_op.h"
 #include "rotary_op.h"
+#include "softmax_xent_op.h"
 #include "vq_nearest_op.h"
 
 PD_BUILD_OP(pmx_build_info)
@@ -92,6 +93,14 @@ PD_BUILD_OP(pmx_rotary_embedding)
     .SetKernelFn(PD_KERNEL(RotaryForward))
     .SetInferShapeFn(PD_INFER_SHAPE(RotaryShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(RotaryDtype));
+
+PD_BUILD_OP(pmx_softmax_xent)
+    .Inputs({"Logits", "Targets"})
+    .Outputs({"Loss", "LogitsOut"})
+    .SetInplaceMap({{"Logits", "LogitsOut"}})
+    .SetKernelFn(PD_KERNEL(SoftmaxXentForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(SoftmaxXentShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SoftmaxXentDtype));
 
 PD_BUILD_OP(pmx_vq_nearest)
     .Inputs({"Latents", "Codebook"})

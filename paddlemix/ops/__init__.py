@@ -22,10 +22,10 @@ logger = logging.getLogger(__name__)
 # ops whose CPU kernel is used by default (each measured faster than its fallback by benchmarks/bench_ops.py)
 CPU_EXT_OPS = frozenset(
     {"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step", "group_norm",
-     "masked_softmax"}
+     "masked_softmax", "softmax_xent"}
 )
 # ops with only a CPU kernel (no CUDA one): on GPU they always take the fallback
-_CPU_ONLY_OPS = frozenset({"conv2d", "linear", "decoder_step", "group_norm", "masked_softmax"})
+_CPU_ONLY_OPS = frozenset({"conv2d", "linear", "decoder_step", "group_norm", "masked_softmax", "softmax_xent"})
 _GPU_DTYPES = (paddle.float32, paddle.bfloat16, paddle.float16)
 
 _EXT = None
@@ -60,7 +60,7 @@ def report():
     """A dict saying, for each op, what runs on CPU and on GPU: 'extension' or 'fallback'."""
     ext = extension()
     ops = ("rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "decoder_step",
-           "group_norm", "masked_softmax")
+           "group_norm", "masked_softmax", "softmax_xent")
     return {
         "extension": getattr(ext, "__file__", None) if ext is not None else None,
         "cpu": {op: "extension" if ext is not None and op in CPU_EXT_OPS else "fallback" for op in ops},
@@ -196,6 +196,15 @@ def causal_attention(q, k, v, mask, block):
     additive mask [B or 1, 1, L, L] (causal plus padding), computed over query blocks of ``block`` rows; the backward
     recomputes the probabilities instead of keeping them (``autograd.CausalAttention``). Returns [B, L, H, D]."""
     return autograd.CausalAttention.apply(q, k, v, mask, block)
+
+
+def softmax_xent_(logits, targets):
+    """Cross-entropy of float32 logits [N, V] against targets [N] (int64, -100 = ignored), and its gradient in place:
+    returns the per-row loss [N] (logsumexp - logit of the target; 0 on ignored rows) and leaves softmax - onehot
+    (zero rows where ignored) in ``logits``. Targets are checked to be -100 or in [0, V)."""
+    if logits.ndim == 2 and logits.is_contiguous() and _use_ext("softmax_xent", [logits, targets], [logits]):
+        return _EXT.pmx_softmax_xent(logits, targets if targets.dtype == paddle.int64 else targets.astype("int64"))[0]
+    return fallback.softmax_xent_(logits, targets)
 
 
 # ops.linear uses the extension's kernel (a GEMV-shaped product that streams the weight once) for at most

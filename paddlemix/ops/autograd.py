@@ -14,6 +14,7 @@ The forward and backward call the dispatching functions of ``paddlemix.ops`` (ex
 recording off.
 """
 
+import contextlib
 import math
 
 import paddle
@@ -30,15 +31,15 @@ class RMSNorm(PyLayer):
         with paddle.no_grad():
             y = ops.rms_norm(x, weight, eps)
         ctx.save_for_backward(x.contiguous(), weight)
-        ctx.eps = eps
+        ctx.eps, ctx.inputs_stop = eps, (x.stop_gradient, weight.stop_gradient)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensor()
         with paddle.no_grad():
-            dx, dweight = rms_norm_grad(x, weight, dy, ctx.eps)
-        return dx, dweight
+            grads = rms_norm_grad(x, weight, dy, ctx.eps)
+        return tuple(None if stop else g for g, stop in zip(grads, ctx.inputs_stop))
 
 
 def rms_norm_grad(x, weight, dy, eps):
@@ -56,13 +57,29 @@ class Rotary(PyLayer):
         with paddle.no_grad():
             q_out, k_out = ops.rotary_embedding(q, k, position_ids, inv_freq)
         ctx.save_for_backward(position_ids, inv_freq)
+        ctx.inputs_stop = (q.stop_gradient, k.stop_gradient)
         return q_out, k_out
 
     @staticmethod
     def backward(ctx, dq, dk):
         position_ids, inv_freq = ctx.saved_tensor()
         with paddle.no_grad():  # the rotation's transpose is the rotation by the opposite angle
-            return ops.rotary_embedding(dq.contiguous(), dk.contiguous(), position_ids, -inv_freq)
+            grads = ops.rotary_embedding(dq.contiguous(), dk.contiguous(), position_ids, -inv_freq)
+        return tuple(None if stop else g for g, stop in zip(grads, ctx.inputs_stop))
+
+
+@contextlib.contextmanager
+def _dense_views():
+    """Paddle's slice and transpose kernels that write a new dense tensor (``FLAGS_use_stride_kernel`` off) instead
+    of strided views: the attention's per-block transposes, reshapes and concats then copy with the dedicated
+    kernels, where the views' ``contiguous()`` copies measured 10-60x slower on CPU (benchmarks/RESULTS.md)."""
+    flag = "FLAGS_use_stride_kernel"
+    old = paddle.get_flags([flag])[flag]
+    paddle.set_flags({flag: False})
+    try:
+        yield
+    finally:
+        paddle.set_flags({flag: old})
 
 
 def _grouped(x, start, end, kv_heads):
@@ -92,7 +109,7 @@ class CausalAttention(PyLayer):
     @staticmethod
     def forward(ctx, q, k, v, mask, block):
         heads, scale = q.shape[2], 1.0 / math.sqrt(q.shape[3])
-        with paddle.no_grad():
+        with paddle.no_grad(), _dense_views():
             keys, values = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])  # [B, Hk, L, D]
             outs = []
             for start in range(0, q.shape[1], block):
@@ -103,6 +120,7 @@ class CausalAttention(PyLayer):
         # contiguous copies: non-reentrant recompute re-creates saved tensors from their buffers without strides
         ctx.save_for_backward(*(t.contiguous() for t in (q, keys, values, out, mask)))
         ctx.block, ctx.scale = block, scale
+        ctx.inputs_stop = (q.stop_gradient, k.stop_gradient, v.stop_gradient)
         return out
 
     @staticmethod
@@ -110,7 +128,7 @@ class CausalAttention(PyLayer):
         q, keys, values, out, mask = ctx.saved_tensor()
         block, scale = ctx.block, ctx.scale
         heads, length, kv_heads = q.shape[2], q.shape[1], keys.shape[1]
-        with paddle.no_grad():
+        with paddle.no_grad(), _dense_views():
             dq_blocks, dk_parts, dv_parts = [], [], []
             for start in range(0, length, block):
                 end = min(start + block, length)
@@ -125,7 +143,8 @@ class CausalAttention(PyLayer):
                 dk_parts.append(paddle.matmul(ds, qh, transpose_x=True))
             dq = dq_blocks[0] if len(dq_blocks) == 1 else paddle.concat(dq_blocks, axis=1)
             dk, dv = _sum_prefixes(dk_parts, block), _sum_prefixes(dv_parts, block)
-        return dq, dk.transpose([0, 2, 1, 3]), dv.transpose([0, 2, 1, 3])
+            grads = (dq, dk.transpose([0, 2, 1, 3]), dv.transpose([0, 2, 1, 3]))
+        return tuple(None if stop else g for g, stop in zip(grads, ctx.inputs_stop))
 
 
 def _sum_prefixes(parts, block):

@@ -24,6 +24,24 @@ def rms_norm_grad(x, weight, dy, eps):
     return dx.astype(x.dtype), dweight.astype(weight.dtype)
 
 
+def softmax_xent_(logits, targets):
+    """``ops.softmax_xent_`` in Paddle ops: the per-row cross-entropy [N] of float32 logits [N, V] against targets
+    [N] (-100 = ignored: loss 0), with softmax - onehot (zero rows where ignored) left in ``logits``."""
+    valid = targets != -100
+    if bool(((targets < 0) & valid).any()) or bool((targets >= logits.shape[-1]).any()):
+        raise ValueError(f"softmax_xent: targets must be -100 or in [0, {logits.shape[-1]})")
+    index = paddle.where(valid, targets, paddle.zeros_like(targets)).astype("int64").unsqueeze(-1)
+    picked = paddle.take_along_axis(logits, index, axis=-1).squeeze(-1)
+    top = logits.max(axis=-1, keepdim=True)
+    d = logits.subtract_(top).exp_()
+    norm = d.sum(axis=-1, keepdim=True)
+    loss = paddle.where(valid, norm.log().squeeze(-1) + top.squeeze(-1) - picked, paddle.zeros_like(picked))
+    keep = valid.astype("float32").unsqueeze(-1)
+    d.multiply_(keep / norm)
+    d.put_along_axis_(index, paddle.take_along_axis(d, index, axis=-1) - keep, axis=-1)
+    return loss
+
+
 def rope_cos_sin(position_ids, inv_freq, dtype):
     """cos/sin tables [B, L, D] for rotate-half RoPE, computed in float32 and cast to dtype."""
     freqs = position_ids.astype("float32").unsqueeze(-1) * inv_freq.astype("float32")  # [B, L, D/2]

@@ -418,37 +418,37 @@ LOSS_CHUNK_ROWS = 512
 class _ChunkedCrossEntropy(PyLayer):
     """Summed cross-entropy of hidden [N, H] @ weight [H, V] (float32 logits) against targets [N] (-100 = ignored),
     chunk_rows rows at a time. The loss is a scalar, so its gradients are known up to the incoming factor while the
-    forward still holds a chunk's logits: when gradients are recorded the forward turns them in place into
-    softmax minus one-hot (zero on ignored rows) and accumulates dhidden = d @ weight^T and dweight = hidden^T @ d;
-    the backward only scales them. No [rows, V] tensor outlives its chunk and the logits are never recomputed."""
+    forward still holds a chunk's logits: ``ops.softmax_xent_`` turns them in place into softmax minus one-hot (zero
+    on ignored rows), and the forward accumulates dhidden = d @ weight^T and dweight = hidden^T @ d when gradients
+    are recorded; the backward only scales them. The logits are never recomputed, and with float32 weights every
+    chunk's logits are written into one buffer and dweight is accumulated in place (``addmm_``): the loop allocates
+    no [rows, V] tensor of its own, so the heap does not grow chunk after chunk around blocks that outlive them."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_rows, recording):
-        valid = targets != -100
-        safe = paddle.where(valid, targets, paddle.zeros_like(targets)).unsqueeze(-1)
         need_h, need_w = recording and not hidden.stop_gradient, recording and not weight.stop_gradient
-        dhidden = []
-        dweight = paddle.zeros(weight.shape, "float32") if need_w else None
+        dhidden = paddle.empty(hidden.shape, "float32") if need_h else None
+        dweight = None
+        rows = min(chunk_rows, targets.shape[0])
+        buffer = paddle.empty([rows, weight.shape[1]], "float32") if weight.dtype == paddle.float32 else None
         total = paddle.zeros([], "float32")
         for i in range(0, targets.shape[0], chunk_rows):
-            h, index, keep = hidden[i: i + chunk_rows], safe[i: i + chunk_rows], valid[i: i + chunk_rows]
-            logits = to_float32(paddle.matmul(h, weight))
-            picked = paddle.take_along_axis(logits, index, axis=-1).squeeze(-1)
-            top = logits.max(axis=-1, keepdim=True)
-            d = logits.subtract_(top).exp_()  # the logits' storage from here on
-            norm = d.sum(axis=-1, keepdim=True)
-            lse = norm.log().squeeze(-1) + top.squeeze(-1)
-            total = total + paddle.where(keep, lse - picked, paddle.zeros_like(lse)).sum()
-            if need_h or need_w:
-                d.multiply_(keep.astype("float32").unsqueeze(-1) / norm)  # softmax; ignored rows 0
-                d.put_along_axis_(index, paddle.take_along_axis(d, index, axis=-1)
-                                  - keep.astype("float32").unsqueeze(-1), axis=-1)
-                d = d.astype(weight.dtype) if d.dtype != weight.dtype else d
-                if need_h:
-                    dhidden.append(paddle.matmul(d, weight, transpose_y=True))
-                if need_w:
-                    dweight.add_(to_float32(paddle.matmul(h, d, transpose_x=True)))
-        ctx.grads = (paddle.concat(dhidden).astype(hidden.dtype) if need_h else None,
+            h = hidden[i: i + chunk_rows]
+            if buffer is not None:
+                logits = paddle.matmul(h, weight, out=buffer[: h.shape[0]])
+            else:
+                logits = to_float32(paddle.matmul(h, weight))
+            total = total + ops.softmax_xent_(logits, targets[i: i + chunk_rows]).sum()
+            d = logits if logits.dtype == weight.dtype else logits.astype(weight.dtype)  # the gradient from here on
+            if need_h:
+                dhidden[i: i + chunk_rows] = to_float32(paddle.matmul(d, weight, transpose_y=True))
+            if need_w and dweight is None:
+                dweight = to_float32(paddle.matmul(h, d, transpose_x=True))
+            elif need_w and dweight.dtype == d.dtype:
+                dweight.addmm_(h.t(), d)
+            elif need_w:
+                dweight.add_(to_float32(paddle.matmul(h, d, transpose_x=True)))
+        ctx.grads = (dhidden.astype(hidden.dtype) if need_h else None,
                      dweight.astype(weight.dtype) if need_w else None)
         return total
 
