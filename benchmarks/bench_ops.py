@@ -22,7 +22,7 @@ from paddlemix.ops import fallback
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL_OPS = frozenset(
     {"rms_norm", "rotary_embedding", "vq_nearest", "cfg_sample", "conv2d", "linear", "group_norm", "decoder_step",
-     "masked_softmax"}
+     "masked_softmax", "softmax_xent"}
 )
 
 
@@ -120,9 +120,27 @@ def cases(rng):
     out.append(("masked_softmax", "scores [1, 2, 1024, 1024] (both: + a copy, it works in place), mask [1, 1, 256, 1024]",
                 lambda: fallback.masked_softmax_(scores.clone(), mask, 0.125),
                 lambda: ops.masked_softmax_(scores.clone(), mask, 0.125)))
+    # one 512-row chunk of the training loss over the LM config's 40000-token vocabulary (both: + a copy)
+    logits = t(rng.standard_normal((512, 40000)).astype("float32") * 4)
+    targets = t(rng.integers(0, 40000, 512).astype("int64"))
+    out.append(("softmax_xent", "logits [512, 40000] (both: + a copy, it works in place)",
+                lambda: _xent(fallback.softmax_xent_, logits, targets),
+                lambda: _xent(ops.softmax_xent_, logits, targets)))
+    # the backward of one RMSNorm over a 4 x 1024-token training batch of the LM config
+    x, w, dy = (t(rng.standard_normal(s).astype("float32")) for s in ((4, 1024, 512), (512,), (4, 1024, 512)))
+    from paddlemix.ops import autograd
+
+    out.append(("rms_norm_grad", "x, dy [4, 1024, 512]", lambda: fallback.rms_norm_grad(x, w, dy, 1e-5),
+                lambda: autograd.rms_norm_grad(x, w, dy, 1e-5)))
     out += _decoder_step_cases(rng)
     out += _stored_weight_cases(rng)
     return out
+
+
+def _xent(fn, logits, targets):
+    """(per-row loss, gradient) of softmax_xent_ run on a copy of logits."""
+    grad = logits.clone()
+    return fn(grad, targets), grad
 
 
 def _stored(w, kind):
@@ -223,7 +241,8 @@ def main():
     lines = [
         "## CPU ops vs fallback",
         "",
-        f"`python benchmarks/bench_ops.py --repeats {args.repeats} --threads {args.threads}` on "
+        f"`python benchmarks/bench_ops.py --repeats {args.repeats} --threads {args.threads}"
+        f"{f' --ops {args.ops}' if args.ops else ''}` on "
         f"{datetime.date.today().isoformat()}; {machine()}; {args.threads} threads; best of {args.repeats} calls after "
         f"a warm-up, float32, paddle.no_grad.",
         "",

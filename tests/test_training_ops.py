@@ -181,3 +181,18 @@ def test_softmax_xent_rejects_targets_outside_the_vocabulary(bad):
     x = paddle.zeros([2, 13])
     with pytest.raises((ValueError, OSError), match=r"-100 .*\[0, 13\)"):
         ops.softmax_xent_(x, paddle.to_tensor(np.array([0, bad])))
+
+
+def test_causal_attention_with_frozen_queries():
+    """Only k and v want gradients: q's gradient is left out, k's and v's are still right."""
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 5, h, 4)) for h in (2, 1, 1))
+    mask = additive_mask(paddle.ones([1, 5], "int64"), 5, 0, paddle.float32)
+    tq = paddle.to_tensor(q.astype(F32))
+    tk, tv = (paddle.to_tensor(a.astype(F32), stop_gradient=False) for a in (k, v))
+    cot = rng.standard_normal(q.shape)
+    (ops.causal_attention(tq, tk, tv, mask, 2) * paddle.to_tensor(cot.astype(F32))).sum().backward()
+    assert tq.grad is None
+    f = lambda a, b, c: np_attention64(a, b, c, mask.numpy().astype(np.float64))  # noqa: E731
+    np.testing.assert_allclose(tk.grad.numpy(), numeric_grad(f, [q, k, v], 1, cot), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tv.grad.numpy(), numeric_grad(f, [q, k, v], 2, cot), rtol=1e-4, atol=1e-4)

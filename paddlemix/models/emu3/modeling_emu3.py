@@ -430,7 +430,8 @@ class _ChunkedCrossEntropy(PyLayer):
         dhidden = paddle.empty(hidden.shape, "float32") if need_h else None
         dweight = None
         rows = min(chunk_rows, targets.shape[0])
-        buffer = paddle.empty([rows, weight.shape[1]], "float32") if weight.dtype == paddle.float32 else None
+        plain = weight.dtype == hidden.dtype == paddle.float32 and not paddle.amp.is_autocast_enabled()
+        buffer = paddle.empty([rows, weight.shape[1]], "float32") if plain else None  # (autocast: bf16 products)
         total = paddle.zeros([], "float32")
         for i in range(0, targets.shape[0], chunk_rows):
             h = hidden[i: i + chunk_rows]
@@ -444,7 +445,7 @@ class _ChunkedCrossEntropy(PyLayer):
                 dhidden[i: i + chunk_rows] = to_float32(paddle.matmul(d, weight, transpose_y=True))
             if need_w and dweight is None:
                 dweight = to_float32(paddle.matmul(h, d, transpose_x=True))
-            elif need_w and dweight.dtype == d.dtype:
+            elif need_w and plain:
                 dweight.addmm_(h.t(), d)
             elif need_w:
                 dweight.add_(to_float32(paddle.matmul(h, d, transpose_x=True)))
