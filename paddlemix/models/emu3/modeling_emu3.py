@@ -420,8 +420,8 @@ class _ChunkedCrossEntropy(PyLayer):
     chunk_rows rows at a time. The loss is a scalar, so its gradients are known up to the incoming factor while the
     forward still holds a chunk's logits: ``ops.softmax_xent_`` turns them in place into softmax minus one-hot (zero
     on ignored rows), and the forward accumulates dhidden = d @ weight^T and dweight = hidden^T @ d when gradients
-    are recorded; the backward only scales them. The logits are never recomputed, and with float32 weights every
-    chunk's logits are written into one buffer and dweight is accumulated in place (``addmm_``): the loop allocates
+    are recorded; the backward only scales them. The logits are never recomputed, and in float32 (no autocast)
+    every chunk's logits are written into one buffer and dweight is accumulated in place (``addmm_``): the loop allocates
     no [rows, V] tensor of its own, so the heap does not grow chunk after chunk around blocks that outlive them."""
 
     @staticmethod
