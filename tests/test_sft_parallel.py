@@ -21,7 +21,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_accumulation(fixtures_dir, tmp_path):
+@pytest.mark.parametrize("checkpointing", ["False", "True"])
+def test_two_processes_equal_accumulation(fixtures_dir, tmp_path, checkpointing):
+    """Also with recompute per decoder layer (the same arithmetic) under paddle.DataParallel."""
     sft = fixtures_dir / "sft"
     log = load_log(str(sft), accumulation=True)
     accumulation = int(log["train_py_arguments"][log["train_py_arguments"].index("--gradient_accumulation_steps") + 1])
@@ -29,7 +31,8 @@ def test_two_processes_equal_accumulation(fixtures_dir, tmp_path):
         log, write_model(str(fixtures_dir), str(tmp_path / "model"), log["attention_dropout"]),
         write_prepared(str(sft), str(tmp_path / "prepared")), str(tmp_path / "out"), str(fixtures_dir / "tokenizer"),
         write_sample_order(log, str(tmp_path / "order.json")),
-        [("--gradient_accumulation_steps", "1"), ("--disable_tqdm", "True"), ("--threads", "1")],
+        [("--gradient_accumulation_steps", "1"), ("--disable_tqdm", "True"), ("--threads", "1"),
+         ("--gradient_checkpointing", checkpointing)],
     )
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(accumulation),
            "--master", f"127.0.0.1:{free_port()}", "--log_dir", str(tmp_path / "log"),
