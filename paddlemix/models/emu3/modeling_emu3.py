@@ -313,18 +313,25 @@ class Emu3DecoderLayer(nn.Layer):
 
     def _step_weights(self):
         """The layer's 9 weights in ``ops.decoder_step``'s order (int8 layers: then the 7 projections' scales), kept
-        between steps (nine sublayer lookups per layer and step cost more than the op's dispatch); rebuilt when the
-        parameters were replaced (e.g. ``model.to``)."""
-        attn, mlp = self.self_attn, self.mlp
-        projections = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-        stored = [p.quant_weight if hasattr(p, "quant_weight") else p.weight for p in projections]
+        between steps (the sublayer lookups cost more than the op's dispatch); rebuilt when the parameters were
+        replaced (e.g. ``model.to``), which the first and last projections' stored weights tell."""
         cached = self.__dict__.get("_fused_weights")
-        if cached is None or cached[1] is not stored[0] or cached[8] is not stored[6]:
+        attn, mlp = self.self_attn, self.mlp
+        if (cached is None or cached[1] is not _stored_weight(attn.q_proj)
+                or cached[8] is not _stored_weight(mlp.down_proj)):
+            projections = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+            stored = [_stored_weight(p) for p in projections]
             cached = [self.input_layernorm.weight, *stored[:4], self.post_attention_layernorm.weight, *stored[4:]]
-            if hasattr(attn.q_proj, "quant_scale"):
+            if "quant_scale" in attn.q_proj._parameters:
                 cached += [p.quant_scale for p in projections]
             self.__dict__["_fused_weights"] = cached
         return cached
+
+
+def _stored_weight(linear):
+    """The weight a projection stores: its int8 ``quant_weight`` (quantization.py) or its ``weight``."""
+    params = linear._parameters
+    return params["quant_weight"] if "quant_weight" in params else params["weight"]
 
 
 class Emu3Model(nn.Layer):
