@@ -289,14 +289,15 @@ def job_train(job):
     model's chunked float32 loss), backward, the trainer's AdamW (``build_optimizer``: paddle.optimizer.AdamW, no
     decay on the RMSNorm weights) with the reference's hyper-parameters, gradients released after the step (as
     torch's zero_grad does; Paddle's default clear_grad keeps them allocated and zeroed, one more parameter-size of
-    memory during the next forward); recompute per decoder layer with job["recompute"]."""
+    memory during the next forward); recompute per decoder layer with job["recompute"]; the model's
+    attention_dropout set to job["attention_dropout"]."""
     import paddle
 
     from paddlemix.trainer.optimization import build_optimizer
 
     set_threads(job["threads"])
     base = common.rss_kib("VmRSS")
-    model = load(job)
+    model = model_class("lm").from_pretrained(job["orig_dir"], attention_dropout=job["attention_dropout"])
     model.train()
     if job["recompute"]:
         model.gradient_checkpointing_enable()

@@ -345,12 +345,13 @@ def job_train(job):
     """One optimizer step of a plain training loop: forward with labels (transformers' causal-LM loss), backward,
     torch.optim.AdamW as the Trainer builds it (hyper-parameters of the original's t2i_sft.sh, no decay on the
     RMSNorm weights), gradients freed after the step (zero_grad's default); gradient checkpointing per decoder
-    layer with job["recompute"]."""
+    layer with job["recompute"]; the model's attention_dropout set to job["attention_dropout"]."""
     import torch
 
     torch.set_num_threads(job["threads"])
     base = common.rss_kib("VmRSS")
-    model = load(job)
+    model = model_class("lm").from_pretrained(job["hf_dir"], dtype=torch.float32,
+                                              attention_dropout=job["attention_dropout"])
     model.train()
     if job["recompute"]:
         model.gradient_checkpointing_enable()

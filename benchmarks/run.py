@@ -494,16 +494,19 @@ class Runner:
     def suite_train(self):
         """One optimizer step (forward with labels, backward, AdamW) of the lm config, without and with recompute:
         tokens/s, peak RSS above the RSS after imports, and the activation memory (the RSS growth over the first
-        forward, common.train_timing), whose ratio without/with recompute is the recompute cut."""
+        forward, common.train_timing), whose ratio without/with recompute is the recompute cut. Then the same step
+        with the shipped Emu3 configs' attention_dropout 0.1 (dropout on the embeddings, both residual branches and
+        the attention probabilities, active in training; the fixtures' reference runs set it to 0)."""
         p = self.params
         shape = f"{p['train_batch']}x{p['train_len']}"
         tokens = p["train_batch"] * p["train_len"]
         activations, losses = {}, {}
-        for recompute in (False, True):
-            job = {"job": "train", "tag_suffix": "-recompute" if recompute else "", "recompute": recompute,
+        for recompute, dropout in ((False, 0.0), (True, 0.0), (False, 0.1)):
+            tag = ("-recompute" if recompute else "") + ("-dropout" if dropout else "")
+            job = {"job": "train", "tag_suffix": tag, "recompute": recompute, "attention_dropout": dropout,
                    "train_batch": p["train_batch"], "train_len": p["train_len"], "train_steps": p["train_steps"]}
             ours, ref = self.both(job, "lm", "lm")
-            suffix = ", recompute" if recompute else ""
+            suffix = (", recompute" if recompute else "") + (f", attention_dropout {dropout}" if dropout else "")
             self.add(f"train step {shape} tokens{suffix}", self.get(ours, "train step"), self.get(ref, "train step"),
                      "s", fmt="{:.2f}")
             tps = [None if r is None else tokens / r["train step"] for r in (ours, ref)]
@@ -513,8 +516,9 @@ class Runner:
             act = [None if r is None else r["activation_kib"] * 1024 for r in (ours, ref)]
             self.add(f"train activation memory (first forward){suffix}", *[None if v is None else v / 1e9 for v in act],
                      "GB")
-            activations[recompute] = act
-            losses[recompute] = [None if r is None else r["train losses"] for r in (ours, ref)]
+            if not dropout:
+                activations[recompute] = act
+                losses[recompute] = [None if r is None else r["train losses"] for r in (ours, ref)]
         cut = [None if a is None or b is None or b <= 0 else a / b for a, b in zip(activations[False], activations[True])]
         self.add("recompute: activation memory cut (without / with)", cut[0], cut[1], "x", fmt="{:.2f}", compare=False)
         (ours_plain, ref_plain), (ours_rc, _) = losses[False], losses[True]

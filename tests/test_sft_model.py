@@ -95,8 +95,8 @@ def test_dropout_only_in_training(llm_dir):
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_recompute_gives_the_same_loss_and_gradients(llm_dir, dropout):
-    """Per-layer recompute replays the dropout masks (rate 0.2: the autograd attention; rate 0: the causal block
-    attention op): loss and every gradient equal those of the run that keeps the activations."""
+    """Per-layer recompute replays the dropout masks (the attention's keep masks too): loss and every gradient equal
+    those of the run that keeps the activations, with and without dropout."""
     results = []
     for checkpointing in (False, True):
         model = Emu3ForCausalLM.from_pretrained(llm_dir, attention_dropout=dropout)

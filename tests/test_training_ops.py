@@ -196,3 +196,45 @@ def test_causal_attention_with_frozen_queries():
     f = lambda a, b, c: np_attention64(a, b, c, mask.numpy().astype(np.float64))  # noqa: E731
     np.testing.assert_allclose(tk.grad.numpy(), numeric_grad(f, [q, k, v], 1, cot), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(tv.grad.numpy(), numeric_grad(f, [q, k, v], 2, cot), rtol=1e-4, atol=1e-4)
+
+
+def np_attention_dropout64(q, k, v, mask, keeps, block, rate):
+    """np_attention64 with dropout: each query block's probabilities [B, Hk, g * n, end] (rows group-major) times
+    keep / (1 - rate)."""
+    bsz, length, heads, dim = q.shape
+    kv_heads, group = k.shape[2], heads // k.shape[2]
+    out = np.zeros_like(q)
+    for i, start in enumerate(range(0, length, block)):
+        end = min(start + block, length)
+        n = end - start
+        for h in range(heads):
+            j, r = h // group, h % group
+            s = np.einsum("bld,bsd->bls", q[:, start:end, h], k[:, :end, j]) / np.sqrt(dim) + mask[:, 0, start:end, :end]
+            p = np.exp(s - s.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            p = p * keeps[i][:, j, r * n:(r + 1) * n] / (1 - rate)
+            out[:, start:end, h] = np.einsum("bls,bsd->bld", p, v[:, :end, j])
+    return out
+
+
+def test_causal_attention_dropout_values_and_gradients():
+    """Dropout on the probabilities: with the keep masks the op drew (paddle.rand >= rate per block, redrawn here
+    from the same seed), values and gradients equal the float64 reference; two seeds give different outputs."""
+    length, block, rate = 7, 3, 0.3
+    rng = np.random.default_rng(11)
+    q, k, v = (rng.standard_normal((2, length, h, 4)) for h in (4, 2, 2))
+    mask = additive_mask(paddle.ones([2, length], "int64"), length, 0, paddle.float32)
+    cot = rng.standard_normal(q.shape)
+    paddle.seed(5)
+    out, grads = paddle_grads(lambda a, b, c: ops.causal_attention(a, b, c, mask, block, rate), [q, k, v], cot)
+    paddle.seed(5)
+    keeps = [(paddle.rand([2, 2, 2 * (min(s + block, length) - s), min(s + block, length)]) >= rate).numpy()
+             for s in range(0, length, block)]
+    assert 0 < sum(int((~m).sum()) for m in keeps) < sum(m.size for m in keeps)  # some dropped, some kept
+    f = lambda a, b, c: np_attention_dropout64(a, b, c, mask.numpy().astype(np.float64), keeps, block, rate)  # noqa
+    np.testing.assert_allclose(out, f(q, k, v), rtol=1e-5, atol=1e-5)
+    for i, grad in enumerate(grads):
+        np.testing.assert_allclose(grad, numeric_grad(f, [q, k, v], i, cot), rtol=1e-4, atol=1e-4)
+    paddle.seed(6)
+    other = ops.causal_attention(*(paddle.to_tensor(a.astype(F32)) for a in (q, k, v)), mask, block, rate)
+    assert not np.allclose(other.numpy(), out)

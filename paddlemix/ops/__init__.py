@@ -191,11 +191,12 @@ def masked_softmax_(scores, mask, scale):
     return fallback.masked_softmax_(scores, mask, scale)
 
 
-def causal_attention(q, k, v, mask, block):
-    """Causal grouped-query attention for training (no cache, no dropout): q [B, L, H, D], k, v [B, L, Hk, D], the
-    additive mask [B or 1, 1, L, L] (causal plus padding), computed over query blocks of ``block`` rows; the backward
-    recomputes the probabilities instead of keeping them (``autograd.CausalAttention``). Returns [B, L, H, D]."""
-    return autograd.CausalAttention.apply(q, k, v, mask, block)
+def causal_attention(q, k, v, mask, block, dropout=0.0):
+    """Causal grouped-query attention for training (no cache): q [B, L, H, D], k, v [B, L, Hk, D], the additive mask
+    [B or 1, 1, L, L] (causal plus padding), computed over query blocks of ``block`` rows, with ``dropout`` on the
+    probabilities; the backward recomputes the probabilities instead of keeping them (``autograd.CausalAttention``).
+    Returns [B, L, H, D]."""
+    return autograd.CausalAttention.apply(q, k, v, mask, block, float(dropout))
 
 
 def softmax_xent_(logits, targets):

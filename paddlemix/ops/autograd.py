@@ -8,7 +8,7 @@ of which keeps its inputs and, for slices and concats, allocates full-size zero 
   Keeps nothing but the positions.
 * ``CausalAttention``: grouped-query attention over causal query blocks, flash-attention style: the forward keeps
   q, k, v and the output, never the [rows, keys] probabilities; the backward recomputes each block's probabilities
-  and gets dQ, dK, dV with five matmuls per block. No dropout (the layer takes the autograd path for that).
+  and gets dQ, dK, dV with five matmuls per block. With attention dropout it keeps each block's one-byte keep mask.
 
 The forward and backward call the dispatching functions of ``paddlemix.ops`` (extension or fallback), with gradient
 recording off.
@@ -106,40 +106,50 @@ def _block_probs(q, keys, mask, start, end, scale):
 class CausalAttention(PyLayer):
     """out [B, L, H, D] = causal grouped-query attention of q [B, L, H, D] over k, v [B, L, Hk, D] with the additive
     mask [B or 1, 1, L, L] (causal, plus any padding), query blocks of ``block`` rows (keys after a block's last query
-    are skipped: the causal mask hides them)."""
+    are skipped: the causal mask hides them); ``dropout`` > 0: dropout on the probabilities as the original's eager
+    attention (``paddle.rand`` draws, kept as one-byte masks for the backward)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, block):
+    def forward(ctx, q, k, v, mask, block, dropout):
         heads, scale = q.shape[2], 1.0 / math.sqrt(q.shape[3])
+        keeps = []
         with paddle.no_grad(), _dense_views():
             keys, values = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])  # [B, Hk, L, D]
             outs = []
             for start in range(0, q.shape[1], block):
                 end = min(start + block, q.shape[1])
                 probs, _ = _block_probs(q, keys, mask, start, end, scale)
+                if dropout:
+                    keeps.append(paddle.rand(probs.shape) >= dropout)
+                    probs.multiply_(_kept(keeps[-1], dropout))
                 outs.append(_ungrouped(paddle.matmul(probs.astype(values.dtype), values[:, :, :end]), heads))
             out = outs[0] if len(outs) == 1 else paddle.concat(outs, axis=1)
         # contiguous copies: non-reentrant recompute re-creates saved tensors from their buffers without strides
-        ctx.save_for_backward(*(t.contiguous() for t in (q, keys, values, out, mask)))
-        ctx.block, ctx.scale = block, scale
+        ctx.save_for_backward(*(t.contiguous() for t in (q, keys, values, out, mask)), *keeps)
+        ctx.block, ctx.scale, ctx.dropout = block, scale, dropout
         ctx.inputs_stop = (q.stop_gradient, k.stop_gradient, v.stop_gradient)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, keys, values, out, mask = ctx.saved_tensor()
-        block, scale = ctx.block, ctx.scale
+        q, keys, values, out, mask, *keeps = ctx.saved_tensor()
+        block, scale, dropout = ctx.block, ctx.scale, ctx.dropout
         heads, length, kv_heads = q.shape[2], q.shape[1], keys.shape[1]
         with paddle.no_grad(), _dense_views():
             dq_blocks, dk_parts, dv_parts = [], [], []
-            for start in range(0, length, block):
+            for i, start in enumerate(range(0, length, block)):
                 end = min(start + block, length)
                 probs, qh = _block_probs(q, keys, mask, start, end, scale)
                 do = _grouped(dout, start, end, kv_heads)
-                delta = (do * _grouped(out, start, end, kv_heads)).astype("float32").sum(axis=-1, keepdim=True)
-                p = probs.astype(q.dtype)
-                dv_parts.append(paddle.matmul(p, do, transpose_x=True))  # [B, Hk, end, D]
                 dp = paddle.matmul(do, values[:, :, :end], transpose_y=True).astype("float32")
+                if dropout:  # out = (probs * kept) @ v: the dropped probabilities feed dV, dP passes through kept
+                    kept = _kept(keeps[i], dropout)
+                    dv_parts.append(paddle.matmul((probs * kept).astype(q.dtype), do, transpose_x=True))
+                    dp.multiply_(kept)
+                    delta = (probs * dp).sum(axis=-1, keepdim=True)
+                else:  # sum_j probs * dp = sum_d dout * out
+                    dv_parts.append(paddle.matmul(probs.astype(q.dtype), do, transpose_x=True))  # [B, Hk, end, D]
+                    delta = (do * _grouped(out, start, end, kv_heads)).astype("float32").sum(axis=-1, keepdim=True)
                 ds = dp.subtract_(delta).multiply_(probs).scale_(scale).astype(q.dtype)  # d(scores before scaling)
                 dq_blocks.append(_ungrouped(paddle.matmul(ds, keys[:, :, :end]), heads))
                 dk_parts.append(paddle.matmul(ds, qh, transpose_x=True))
@@ -147,6 +157,11 @@ class CausalAttention(PyLayer):
             dk, dv = _sum_prefixes(dk_parts, block), _sum_prefixes(dv_parts, block)
             grads = (dq, dk.transpose([0, 2, 1, 3]), dv.transpose([0, 2, 1, 3]))
         return tuple(None if stop else g for g, stop in zip(grads, ctx.inputs_stop))
+
+
+def _kept(keep, dropout):
+    """The dropout factor of each probability: 1 / (1 - p) where kept, 0 where dropped (all 0 at p = 1)."""
+    return keep.astype("float32").scale_(0.0 if dropout >= 1 else 1.0 / (1.0 - dropout))
 
 
 def _sum_prefixes(parts, block):

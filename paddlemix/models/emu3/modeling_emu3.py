@@ -40,8 +40,8 @@ _LOGGED_BACKENDS = set()
 QUERY_BLOCK = 256
 
 
-def attention_backend(dtype, needs_cache_or_mask, head_dim, training=False, dropout=0.0, cached=False):
-    """The one place that picks the attention kernel: "flash", "math", "train" or "train_dropout". Each choice is
+def attention_backend(dtype, needs_cache_or_mask, head_dim, training=False, cached=False):
+    """The one place that picks the attention kernel: "flash", "math", "train" or "train_cache". Each choice is
     logged once.
 
     * "flash": ``paddle.nn.functional.flash_attention`` (native GQA, causal) on a GPU of compute capability >= 8 in
@@ -52,16 +52,17 @@ def attention_backend(dtype, needs_cache_or_mask, head_dim, training=False, drop
       neither repeated nor transposed K/V is ever materialised. It replaces Paddle 3.3's CPU
       ``scaled_dot_product_attention``, which measured 10-20x slower per decode step (it expands K/V and
       transposes a ``[B, S, H, D]`` cache on every call). Same math as the original's eager attention.
-    * "train" (the model in train mode, no attention dropout, no cache): ``ops.causal_attention``, the "math"
-      attention as one autograd op whose backward recomputes each query block's probabilities (flash attention's
-      memory: no [rows, keys] tensor is kept for the backward).
-    * "train_dropout" (train mode with attention dropout, or with a cache): the "math" attention recorded op by op
-      by autograd (no in-place ops), with dropout on the probabilities as the original's eager attention.
+    * "train" (the model in train mode, no cache): ``ops.causal_attention``, the "math" attention as one autograd
+      op whose backward recomputes each query block's probabilities (flash attention's memory: no float [rows, keys]
+      tensor is kept for the backward; with attention dropout, a one-byte keep mask), dropout on the probabilities
+      as the original's eager attention.
+    * "train_cache" (train mode with a KV cache): the "math" attention over the cache recorded op by op by
+      autograd (no in-place ops), with the same dropout.
     Flash attention also serves training where it runs (it takes the dropout rate itself).
     """
     backend, reason = "math", None
     if training:
-        backend = "train_dropout" if dropout or cached else "train"
+        backend = "train_cache" if cached else "train"
     if not needs_cache_or_mask and dtype in (paddle.float16, paddle.bfloat16) and on_gpu():
         reason = flash_attention_problem(head_dim)
         if reason is None:
@@ -70,7 +71,7 @@ def attention_backend(dtype, needs_cache_or_mask, head_dim, training=False, drop
         _LOGGED_BACKENDS.add((backend, reason))
         names = {"flash": "paddle flash_attention", "math": "grouped matmul attention",
                  "train": "causal block attention for training (probabilities recomputed in the backward)",
-                 "train_dropout": "grouped matmul attention for training (autograd, dropout)"}
+                 "train_cache": "grouped matmul attention over the cache for training (autograd)"}
         logger.info("Emu3 attention: using %s%s", names[backend], f" ({reason})" if reason else "")
     return backend
 
@@ -251,13 +252,13 @@ class Emu3Attention(nn.Layer):
         training = self.training
         backend = attention_backend(
             q.dtype, attn_mask is not None or (cache is not None and cache.length > 0), self.head_dim, training,
-            self.attention_dropout, cache is not None,
+            cache is not None,
         )
-        dropout = self.attention_dropout if backend == "train_dropout" else None
+        dropout = self.attention_dropout if backend == "train_cache" else None
         if backend == "train":
             if attn_mask is None:  # a layer called on its own (Emu3Model passes the mask it built)
                 attn_mask = additive_mask(paddle.ones([1, q_len], "int64"), q_len, 0, q.dtype)
-            out = ops.causal_attention(q, k, v, attn_mask, QUERY_BLOCK)
+            out = ops.causal_attention(q, k, v, attn_mask, QUERY_BLOCK, self.attention_dropout)
         elif backend == "flash":
             if cache is not None:
                 cache.update(self.layer_idx, k, v)
@@ -366,8 +367,7 @@ class Emu3Model(nn.Layer):
         training = self.training
         hidden = self.dropout(hidden)
         if attn_mask is None and q_len > 1 and (
-            attention_backend(hidden.dtype, past > 0, self.config.head_dim, training, self.config.attention_dropout,
-                              cache is not None) != "flash"
+            attention_backend(hidden.dtype, past > 0, self.config.head_dim, training, cache is not None) != "flash"
         ):
             slots = cache.capacity if cache is not None else q_len  # the causal mask, built once for all layers
             attn_mask = additive_mask(paddle.ones([1, slots], "int64"), q_len, past, hidden.dtype)
