@@ -35,8 +35,8 @@ def set_threads(threads):
     paddle.base.core.set_num_threads(threads)
 
 
-def load(job):
-    return model_class(job["model"]).from_pretrained(job["orig_dir"])
+def load(job, **overrides):
+    return model_class(job["model"]).from_pretrained(job["orig_dir"], **overrides)
 
 
 def job_make_weights(job):
@@ -297,7 +297,7 @@ def job_train(job):
 
     set_threads(job["threads"])
     base = common.rss_kib("VmRSS")
-    model = model_class("lm").from_pretrained(job["orig_dir"], attention_dropout=job["attention_dropout"])
+    model = load(job, attention_dropout=job["attention_dropout"])
     model.train()
     if job["recompute"]:
         model.gradient_checkpointing_enable()

@@ -15,7 +15,6 @@ base_channels / channel_multiplier / latent_channels / double_latent and sizes i
 Emu3TextConfig takes the rope base in rope_parameters.
 """
 
-import json
 import os
 import sys
 import time
@@ -76,10 +75,10 @@ def hf_config(kind, cfg):
     return hf_vq_config(cfg) if kind == "vq" else hf_text_config(cfg)
 
 
-def load(job):
+def load(job, **overrides):
     import torch
 
-    model = model_class(job["model"]).from_pretrained(job["hf_dir"], dtype=torch.float32)
+    model = model_class(job["model"]).from_pretrained(job["hf_dir"], dtype=torch.float32, **overrides)
     model.eval()
     return model
 
@@ -350,8 +349,7 @@ def job_train(job):
 
     torch.set_num_threads(job["threads"])
     base = common.rss_kib("VmRSS")
-    model = model_class("lm").from_pretrained(job["hf_dir"], dtype=torch.float32,
-                                              attention_dropout=job["attention_dropout"])
+    model = load(job, attention_dropout=job["attention_dropout"])
     model.train()
     if job["recompute"]:
         model.gradient_checkpointing_enable()

@@ -7,7 +7,6 @@ import numpy as np
 import paddle
 import pytest
 
-from paddlemix import ops
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM, causal_lm_loss
 from paddlemix.trainer.optimization import clip_grad_norm_, lr_factor
 

@@ -201,8 +201,8 @@ def test_causal_attention_with_frozen_queries():
 def np_attention_dropout64(q, k, v, mask, keeps, block, rate):
     """np_attention64 with dropout: each query block's probabilities [B, Hk, g * n, end] (rows group-major) times
     keep / (1 - rate)."""
-    bsz, length, heads, dim = q.shape
-    kv_heads, group = k.shape[2], heads // k.shape[2]
+    length, heads, dim = q.shape[1:]
+    group = heads // k.shape[2]
     out = np.zeros_like(q)
     for i, start in enumerate(range(0, length, block)):
         end = min(start + block, length)

@@ -70,12 +70,16 @@ def report():
     }
 
 
+def _records_grad(*tensors):
+    return paddle.is_grad_enabled() and any(not t.stop_gradient for t in tensors)
+
+
 def _use_ext(op, tensors, dtypes):
     """Whether the extension can run `op` on these tensors (device, dtype, no gradient wanted)."""
     if extension() is None:
         return False
     x = tensors[0]
-    if paddle.is_grad_enabled() and not all(t.stop_gradient for t in tensors):
+    if _records_grad(*tensors):
         return False
     if x.place.is_cpu_place():
         return op in CPU_EXT_OPS and all(t.dtype == paddle.float32 for t in dtypes)
@@ -106,10 +110,6 @@ def _constant(data, dtype, place):
     if key not in _CONSTANTS:
         _CONSTANTS[key] = paddle.to_tensor(data, dtype=dtype, place=place)
     return _CONSTANTS[key]
-
-
-def _records_grad(*tensors):
-    return paddle.is_grad_enabled() and any(not t.stop_gradient for t in tensors)
 
 
 def rms_norm(x, weight, eps):

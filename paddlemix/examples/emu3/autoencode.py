@@ -21,12 +21,12 @@ parallel, whatever --parallel says: the vision tokenizer is not split), a video 
 
 import argparse
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 
 from paddlemix import set_cpu_threads
+from paddlemix.cli import USER_ERRORS, run
 from paddlemix.distributed import Launch, is_main
 from paddlemix.models.emu3 import Emu3VisionVQImageProcessor, Emu3VisionVQModel
 
@@ -114,7 +114,7 @@ def main(argv=None):
     try:
         model = Emu3VisionVQModel.from_pretrained(args.model_path, dtype=args.dtype)
         processor = Emu3VisionVQImageProcessor.from_pretrained(args.model_path)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+    except USER_ERRORS as e:
         parser.error(f"cannot load the vision tokenizer from {args.model_path}: {e}")
     os.makedirs(args.output_dir, exist_ok=True)
     failures = 0
@@ -146,7 +146,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

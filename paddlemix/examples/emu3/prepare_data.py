@@ -21,13 +21,13 @@ left out of the list; the other samples are still written.
 import argparse
 import logging
 import os
-import sys
 
 import numpy as np
 import paddle
 from tqdm.auto import tqdm
 
 from paddlemix import set_cpu_threads
+from paddlemix.cli import USER_ERRORS, run
 from paddlemix.models.emu3 import Emu3VisionVQImageProcessor, Emu3VisionVQModel
 from paddlemix.trainer.data_prep import (
     DEFAULT_IMAGE_AREA,
@@ -111,7 +111,7 @@ def main(argv=None):
         try:
             processor = Emu3VisionVQImageProcessor.from_pretrained(args.model_path)
             model = Emu3VisionVQModel.from_pretrained(args.model_path, dtype=args.dtype)
-        except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        except USER_ERRORS as e:
             raise type(e)(f"cannot load the vision tokenizer from {args.model_path}: {e}") from None
         model.eval()
 
@@ -144,7 +144,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

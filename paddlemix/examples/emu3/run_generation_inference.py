@@ -30,6 +30,7 @@ import os
 import sys
 
 from paddlemix import set_cpu_threads
+from paddlemix.cli import run
 from paddlemix.distributed import PARALLEL_HELP, Launch, read_prompts_file, request_seed
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 from paddlemix.models.emu3.processing_emu3 import Emu3Processor
@@ -178,7 +179,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

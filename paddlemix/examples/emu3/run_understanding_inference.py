@@ -34,6 +34,7 @@ import sys
 from PIL import Image, UnidentifiedImageError
 
 from paddlemix import set_cpu_threads
+from paddlemix.cli import run
 from paddlemix.distributed import PARALLEL_HELP, Launch, is_main, request_seed
 from paddlemix.models.emu3 import ChatSession, Emu3Processor, TextStreamer
 from paddlemix.models.emu3.chat_template import DEFAULT_SYSTEM_PROMPT, IMAGE_PLACEHOLDER
@@ -256,7 +257,4 @@ def read_line(interactive):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

@@ -19,6 +19,7 @@ import os
 import sys
 
 from paddlemix import set_cpu_threads
+from paddlemix.cli import run
 
 # the server's extra: a clear message instead of a traceback when it is not installed
 try:
@@ -124,7 +125,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

@@ -23,12 +23,12 @@ import argparse
 import json
 import logging
 import os
-import sys
 
 import paddle
 import paddle.distributed as dist
 
 from paddlemix import set_cpu_threads
+from paddlemix.cli import run
 from paddlemix.models.emu3.configuration_emu3 import Emu3Config
 from paddlemix.models.emu3.modeling_emu3 import Emu3ForCausalLM
 from paddlemix.models.emu3.tokenization_emu3 import Emu3Tokenizer
@@ -217,7 +217,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)
