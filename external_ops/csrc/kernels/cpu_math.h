@@ -54,20 +54,32 @@ static inline void exp_normalize(float* x, int64_t n, float m) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-// max and log(sum(exp(x - max))) of a float32 row, as a log-softmax needs them.
-static inline void row_log_sum_exp(const float* x, int64_t n, float* max_out, float* log_sum_out) {
-  const float m = range_max(x, n);
-  // float sums over blocks of 2048 (vectorized), the blocks added in double: accurate to about 1e-7
+// sum(exp(x - m)) over a float32 row: float sums over blocks of 2048 (vectorized), the blocks added in double,
+// accurate to about 1e-7 (terms below exp(-87) count as 0). kStore: also writes each exp(x[i] - m) to out[i]
+// (out may be x itself).
+template <bool kStore>
+static inline double blocked_exp_sum(const float* x, float* out, int64_t n, float m) {
   double s = 0.0;
   for (int64_t i0 = 0; i0 < n; i0 += 2048) {
     const int64_t i1 = i0 + 2048 < n ? i0 + 2048 : n;
     float bs = 0.0f;
 #pragma omp simd reduction(+ : bs)
-    for (int64_t i = i0; i < i1; ++i) bs += fast_expf(x[i] - m);
+    for (int64_t i = i0; i < i1; ++i) {
+      const float z = x[i] - m;
+      const float e = z < -87.0f ? 0.0f : fast_expf(z);
+      if (kStore) out[i] = e;
+      bs += e;
+    }
     s += bs;
   }
+  return s;
+}
+
+// max and log(sum(exp(x - max))) of a float32 row, as a log-softmax needs them.
+static inline void row_log_sum_exp(const float* x, int64_t n, float* max_out, float* log_sum_out) {
+  const float m = range_max(x, n);
   *max_out = m;
-  *log_sum_out = static_cast<float>(std::log(s));
+  *log_sum_out = static_cast<float>(std::log(blocked_exp_sum<false>(x, nullptr, n, m)));
 }
 
 }  // namespace pmx

@@ -25,20 +25,7 @@ static inline void softmax_xent_cpu(float* logits, const int64_t* targets, float
     }
     const float m = range_max(x, vocab);
     const float picked = x[t];
-    // float sums over blocks of 2048 (vectorized), the blocks added in double, as row_log_sum_exp
-    double s = 0.0;
-    for (int64_t i0 = 0; i0 < vocab; i0 += 2048) {
-      const int64_t i1 = i0 + 2048 < vocab ? i0 + 2048 : vocab;
-      float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-      for (int64_t i = i0; i < i1; ++i) {
-        const float z = x[i] - m;
-        const float e = z < -87.0f ? 0.0f : fast_expf(z);
-        x[i] = e;
-        part += e;
-      }
-      s += part;
-    }
+    const double s = blocked_exp_sum<true>(x, x, vocab, m);
     const float inv = static_cast<float>(1.0 / s);
 #pragma omp simd
     for (int64_t i = 0; i < vocab; ++i) x[i] *= inv;
